@@ -1,0 +1,119 @@
+#pragma once
+// parley's configuration: one TOML file parsed into typed per-module structs.
+// Every key and its default is documented in config/parley.toml. Unknown keys, wrong types,
+// out-of-range values and missing required values are errors naming the file, line and key.
+// String values may reference environment variables as ${NAME}; secrets must.
+// Thread-safety: plain values; load once, then share const.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/secret.h"
+#include "core/status.h"
+
+namespace parley::config {
+
+struct RuntimeConfig {
+  int threads = 0;  // io threads; 0 = number of cores
+};
+
+struct LogConfig {
+  std::string level = "info";  // trace | debug | info | warn | error
+  std::string format = "text";  // text | json
+  std::string file;             // empty = stderr
+};
+
+struct StoreConfig {
+  std::string path = "var/parley";  // directory: LevelDB in <path>/db, index in <path>/index
+  int retention_days = 30;          // conversation memory older than this is deleted; 0 = keep
+  int dedupe_hours = 48;            // how long event ids are remembered for de-duplication
+};
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:8080";  // "HOST:PORT"; port 0 picks a free port
+  std::string admin_listen;               // empty = admin endpoints on `listen`
+  int64_t max_body_bytes = 64 * 1024;
+  int request_timeout_ms = 10'000;
+  std::string port_file;  // when set, the bound port(s) are written here as JSON once listening
+};
+
+struct KnowledgeSource {
+  std::string path;               // directory (or file) of .md, .markdown, .txt, .html, .htm
+  std::vector<std::string> tags;  // access tags; empty = everyone
+  std::string url_base;           // citation url = url_base + relative path + "#" + anchor
+};
+
+// Grants access tags to conversations whose "platform:channel" matches one of the patterns
+// (glob with '*').
+struct AccessGrant {
+  std::vector<std::string> conversations;
+  std::vector<std::string> tags;
+};
+
+struct KnowledgeConfig {
+  std::vector<KnowledgeSource> sources;
+  std::vector<AccessGrant> grants;
+  int chunk_target_chars = 1200;  // chunks are cut near this size at paragraph boundaries
+  int chunk_max_chars = 3000;     // hard cap, except inside code blocks and table rows
+};
+
+struct EngineConfig {
+  double min_confidence = 0.35;  // below: say the knowledge base has no answer, offer a human
+  int max_passages = 3;          // passages considered for an answer
+  int max_answer_sentences = 3;
+  int memory_turns = 6;          // recent turns loaded for follow-up questions
+  int memory_chars = 4000;
+};
+
+struct PolicyConfig {
+  double user_rate_per_minute = 30;          // sustained per-user turns
+  int user_burst = 10;
+  double conversation_rate_per_minute = 60;  // sustained per-conversation turns
+  int conversation_burst = 20;
+};
+
+struct LlmConfig {
+  bool enabled = false;  // false (or [llm] absent) = the embedded extractive responder
+  std::string base_url;
+  Secret api_key;
+  std::string model;
+};
+
+struct WebhookConfig {
+  bool enabled = true;
+  Secret secret;                   // HMAC-SHA256 key; required unless insecure_no_auth
+  bool insecure_no_auth = false;   // allowed only when server.listen is a loopback address
+  std::string default_reply_url;   // where unsolicited messages go when a conversation has none
+  int max_skew_seconds = 300;      // X-Parley-Timestamp older/newer than this is refused
+  int delivery_timeout_ms = 10'000;
+  int delivery_max_attempts = 12;  // then the delivery is dropped and logged
+};
+
+struct ConsoleConfig {
+  std::string user = "";  // user id in the console; empty = $USER
+};
+
+struct Config {
+  std::string file;  // the path it was loaded from
+  RuntimeConfig runtime;
+  LogConfig log;
+  StoreConfig store;
+  ServerConfig server;
+  KnowledgeConfig knowledge;
+  EngineConfig engine;
+  PolicyConfig policy;
+  LlmConfig llm;
+  WebhookConfig webhook;
+  ConsoleConfig console;
+};
+
+// Reads and validates the file. Relative paths in the file (store.path, knowledge source paths,
+// log.file, server.port_file) are resolved against the current working directory.
+// Errors: "FILE:LINE: KEY: what is wrong" (or "FILE: ..." when no line applies).
+Result<Config> LoadConfig(const std::string& path);
+
+// Same, from text; `name` is used in error messages as the file name.
+Result<Config> ParseConfig(const std::string& text, const std::string& name);
+
+}  // namespace parley::config

@@ -1,0 +1,109 @@
+#include "core/message.h"
+
+#include <tuple>
+
+#include <nlohmann/json.hpp>
+
+namespace parley {
+
+std::string EscapeKeyPart(const std::string& part) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(part.size());
+  for (unsigned char c : part) {
+    if (c == '/' || c == '%' || c < 0x20 || c == 0x7f) {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0xf]);
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
+std::string ConversationKey::Encode() const {
+  return EscapeKeyPart(platform) + "/" + EscapeKeyPart(channel) + "/" + EscapeKeyPart(thread);
+}
+
+std::string ConversationKey::Display() const {
+  std::string s = platform + ":" + channel;
+  if (!thread.empty()) s += "#" + thread;
+  return s;
+}
+
+bool ConversationKey::operator<(const ConversationKey& o) const {
+  return std::tie(platform, channel, thread) < std::tie(o.platform, o.channel, o.thread);
+}
+
+void to_json(nlohmann::json& j, const Citation& c) {
+  j = nlohmann::json{{"title", c.title}, {"source", c.source}, {"section", c.section},
+                     {"url", c.url}};
+}
+
+void from_json(const nlohmann::json& j, Citation& c) {
+  c.title = j.value("title", "");
+  c.source = j.value("source", "");
+  c.section = j.value("section", "");
+  c.url = j.value("url", "");
+}
+
+void to_json(nlohmann::json& j, const InboundMessage& m) {
+  j = nlohmann::json{{"platform", m.platform},
+                     {"workspace", m.workspace},
+                     {"channel", m.channel},
+                     {"thread", m.thread},
+                     {"user", m.user},
+                     {"user_name", m.user_name},
+                     {"text", m.text},
+                     {"mentions_bot", m.mentions_bot},
+                     {"is_direct", m.is_direct},
+                     {"event_id", m.event_id},
+                     {"timestamp_ms", m.timestamp_ms},
+                     {"reply_route", m.reply_route}};
+}
+
+void from_json(const nlohmann::json& j, InboundMessage& m) {
+  m.platform = j.value("platform", "");
+  m.workspace = j.value("workspace", "");
+  m.channel = j.value("channel", "");
+  m.thread = j.value("thread", "");
+  m.user = j.value("user", "");
+  m.user_name = j.value("user_name", "");
+  m.text = j.value("text", "");
+  m.mentions_bot = j.value("mentions_bot", false);
+  m.is_direct = j.value("is_direct", false);
+  m.event_id = j.value("event_id", "");
+  m.timestamp_ms = j.value("timestamp_ms", int64_t{0});
+  m.reply_route = j.value("reply_route", "");
+}
+
+void to_json(nlohmann::json& j, const OutboundMessage& m) {
+  j = nlohmann::json{{"id", m.id},
+                     {"platform", m.conversation.platform},
+                     {"channel", m.conversation.channel},
+                     {"thread", m.conversation.thread},
+                     {"text", m.text},
+                     {"citations", m.citations},
+                     {"confidence", m.confidence},
+                     {"escalated", m.escalated},
+                     {"in_reply_to", m.in_reply_to},
+                     {"reply_route", m.reply_route},
+                     {"turn_id", m.turn_id}};
+}
+
+void from_json(const nlohmann::json& j, OutboundMessage& m) {
+  m.id = j.value("id", "");
+  m.conversation.platform = j.value("platform", "");
+  m.conversation.channel = j.value("channel", "");
+  m.conversation.thread = j.value("thread", "");
+  m.text = j.value("text", "");
+  m.citations = j.value("citations", std::vector<Citation>{});
+  m.confidence = j.value("confidence", 0.0);
+  m.escalated = j.value("escalated", false);
+  m.in_reply_to = j.value("in_reply_to", "");
+  m.reply_route = j.value("reply_route", "");
+  m.turn_id = j.value("turn_id", "");
+}
+
+}  // namespace parley

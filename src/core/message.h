@@ -1,0 +1,83 @@
+#pragma once
+// The platform-neutral message model. Adapters translate platform events into InboundMessage and
+// OutboundMessage into platform calls; nothing past an adapter sees platform JSON.
+// Thread-safety: plain values.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace parley {
+
+// Identifies one conversation: memory, ordering and de-duplication are per key.
+struct ConversationKey {
+  std::string platform;  // "webhook", "console", "slack", "matrix"
+  std::string channel;   // platform channel / room / webhook conversation id
+  std::string thread;    // thread id within the channel; empty for the channel's main line
+
+  // Stable, reversible encoding used in store keys and logs: each part percent-escaped so that it
+  // contains no '/', joined by '/'. Example: "webhook/support%2F1/".
+  std::string Encode() const;
+  // Human-readable "platform:channel[#thread]" for log lines.
+  std::string Display() const;
+  bool operator==(const ConversationKey& o) const {
+    return platform == o.platform && channel == o.channel && thread == o.thread;
+  }
+  bool operator<(const ConversationKey& o) const;
+};
+
+// Percent-escapes '/', '%' and bytes below 0x20 so the result can be a store-key component.
+std::string EscapeKeyPart(const std::string& part);
+
+struct InboundMessage {
+  std::string platform;
+  std::string workspace;  // team / homeserver; may be empty
+  std::string channel;
+  std::string thread;     // empty when not in a thread
+  std::string user;
+  std::string user_name;  // display name when the platform gives one
+  std::string text;       // normalised text for the engine (bot mention stripped)
+  bool mentions_bot = false;
+  bool is_direct = false;
+  std::string event_id;   // platform's id for de-duplication; unique per platform
+  int64_t timestamp_ms = 0;
+  // Adapter-private routing data the engine carries through untouched to the reply (e.g. the
+  // webhook's reply_url). Never interpreted outside the adapter that set it.
+  std::string reply_route;
+
+  ConversationKey conversation() const { return {platform, channel, thread}; }
+};
+
+struct Citation {
+  std::string title;
+  std::string source;   // source file, relative to its knowledge source
+  std::string section;  // heading path, e.g. "Install > On Windows"
+  std::string url;      // url_base + source + #anchor when url_base is configured; else empty
+  bool operator==(const Citation& o) const {
+    return title == o.title && source == o.source && section == o.section && url == o.url;
+  }
+};
+
+// What the bot says: one reply or one unsolicited message.
+struct OutboundMessage {
+  std::string id;             // unique id of this message (idempotency key for delivery)
+  ConversationKey conversation;
+  std::string text;           // Markdown
+  std::vector<Citation> citations;
+  double confidence = 0.0;
+  bool escalated = false;     // a human was offered / the conversation was handed over
+  std::string in_reply_to;    // event_id of the InboundMessage this answers; empty if unsolicited
+  std::string reply_route;    // copied from the InboundMessage
+  std::string turn_id;
+};
+
+void to_json(nlohmann::json& j, const Citation& c);
+void from_json(const nlohmann::json& j, Citation& c);
+void to_json(nlohmann::json& j, const InboundMessage& m);
+void from_json(const nlohmann::json& j, InboundMessage& m);
+void to_json(nlohmann::json& j, const OutboundMessage& m);
+void from_json(const nlohmann::json& j, OutboundMessage& m);
+
+}  // namespace parley
