@@ -78,7 +78,8 @@ class [[nodiscard]] Result {
   const Status& status() const { return status_; }
   T& value() & { return Checked(); }
   const T& value() const& { return const_cast<Result*>(this)->Checked(); }
-  T&& value() && { return std::move(Checked()); }
+  // By value, so `for (x : F().value())` does not dangle.
+  T value() && { return std::move(Checked()); }
   T* operator->() { return &Checked(); }
   const T* operator->() const { return &const_cast<Result*>(this)->Checked(); }
   T& operator*() & { return Checked(); }

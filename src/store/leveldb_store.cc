@@ -1,1 +1,131 @@
-// placeholder: being written
+#include <filesystem>
+
+#include <leveldb/cache.h>
+#include <leveldb/db.h>
+#include <leveldb/filter_policy.h>
+#include <leveldb/write_batch.h>
+
+#include "store/kv_store.h"
+
+namespace parley::store {
+namespace {
+
+constexpr char kLockedMarker[] = "held by another process";
+
+Status FromLevelDb(const leveldb::Status& s) {
+  if (s.ok()) return Status::Ok();
+  if (s.IsNotFound()) return Status::NotFound(s.ToString());
+  if (s.IsCorruption()) return Status::Corruption(s.ToString());
+  if (s.IsInvalidArgument()) return Status::InvalidArgument(s.ToString());
+  return Status::IoError(s.ToString());
+}
+
+leveldb::Slice ToSlice(std::string_view s) { return leveldb::Slice(s.data(), s.size()); }
+
+class LevelDbStore final : public KvStore {
+ public:
+  LevelDbStore(std::unique_ptr<leveldb::DB> db, std::unique_ptr<leveldb::Cache> cache,
+               std::unique_ptr<const leveldb::FilterPolicy> filter)
+      : cache_(std::move(cache)), filter_(std::move(filter)), db_(std::move(db)) {}
+
+  Result<std::string> Get(std::string_view key) override {
+    std::string value;
+    leveldb::Status s = db_->Get(leveldb::ReadOptions(), ToSlice(key), &value);
+    if (!s.ok()) return FromLevelDb(s);
+    return value;
+  }
+
+  Status Write(const WriteBatch& batch, bool sync) override {
+    leveldb::WriteBatch b;
+    for (const auto& op : batch.ops()) {
+      if (op.is_delete) {
+        b.Delete(op.key);
+      } else {
+        b.Put(op.key, op.value);
+      }
+    }
+    leveldb::WriteOptions options;
+    options.sync = sync;
+    return FromLevelDb(db_->Write(options, &b));
+  }
+
+  Status Scan(std::string_view prefix, const ScanVisitor& visit, std::string_view start) override {
+    leveldb::ReadOptions options;
+    options.fill_cache = false;
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(options));
+    it->Seek(ToSlice(start.empty() ? prefix : start));
+    for (; it->Valid(); it->Next()) {
+      leveldb::Slice k = it->key();
+      std::string_view key(k.data(), k.size());
+      if (key.substr(0, prefix.size()) != prefix) break;
+      leveldb::Slice v = it->value();
+      if (!visit(key, std::string_view(v.data(), v.size()))) break;
+    }
+    return FromLevelDb(it->status());
+  }
+
+  Status ScanReverse(std::string_view prefix, const ScanVisitor& visit) override {
+    leveldb::ReadOptions options;
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(options));
+    // Position after the last key with the prefix: the prefix followed by 0xff bytes sorts above
+    // every key we write (keys are text).
+    std::string upper(prefix);
+    upper.append(4, '\xff');
+    it->Seek(upper);
+    if (it->Valid()) {
+      it->Prev();
+    } else {
+      it->SeekToLast();
+    }
+    for (; it->Valid(); it->Prev()) {
+      leveldb::Slice k = it->key();
+      std::string_view key(k.data(), k.size());
+      if (key.substr(0, prefix.size()) != prefix) {
+        if (key < prefix) break;
+        continue;
+      }
+      leveldb::Slice v = it->value();
+      if (!visit(key, std::string_view(v.data(), v.size()))) break;
+    }
+    return FromLevelDb(it->status());
+  }
+
+ private:
+  // Destroyed after db_ (declaration order is reverse destruction order).
+  std::unique_ptr<leveldb::Cache> cache_;
+  std::unique_ptr<const leveldb::FilterPolicy> filter_;
+  std::unique_ptr<leveldb::DB> db_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& directory) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(directory).parent_path(), ec);
+  auto cache = std::unique_ptr<leveldb::Cache>(leveldb::NewLRUCache(32 << 20));
+  auto filter = std::unique_ptr<const leveldb::FilterPolicy>(leveldb::NewBloomFilterPolicy(10));
+  leveldb::Options options;
+  options.create_if_missing = true;
+  options.block_cache = cache.get();
+  options.filter_policy = filter.get();
+  options.write_buffer_size = 8 << 20;
+  leveldb::DB* raw = nullptr;
+  leveldb::Status s = leveldb::DB::Open(options, directory, &raw);
+  if (!s.ok()) {
+    // LevelDB reports a held LOCK file as an IO error mentioning "lock".
+    std::string text = s.ToString();
+    if (text.find("lock") != std::string::npos || text.find("LOCK") != std::string::npos) {
+      return Status::Unavailable("store " + directory + " is " + kLockedMarker + " (" + text + ")");
+    }
+    return FromLevelDb(s);
+  }
+  return std::unique_ptr<KvStore>(std::make_unique<LevelDbStore>(
+      std::unique_ptr<leveldb::DB>(raw), std::move(cache), std::move(filter)));
+}
+
+bool IsLockedByOtherProcess(const Status& status) {
+  return status.code() == Status::Code::kUnavailable &&
+         status.message().find(kLockedMarker) != std::string::npos;
+}
+
+}  // namespace parley::store

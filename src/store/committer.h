@@ -1,0 +1,56 @@
+#pragma once
+// Group commit: many concurrent durable writes share one synced write. Callers submit a batch and
+// are told when it is on stable storage; a dedicated thread merges everything pending into one
+// atomic, synced write. This keeps fsync off the io threads and makes durable writes cheap under
+// load (one fsync serves every turn that finished meanwhile).
+// Thread-safety: thread-safe. Callbacks run on the committer's thread and must be short (post
+// real work elsewhere).
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "store/kv_store.h"
+
+namespace parley::store {
+
+class Committer {
+ public:
+  explicit Committer(KvStore& store);
+  // Flushes what is pending, then stops the thread.
+  ~Committer();
+  Committer(const Committer&) = delete;
+  Committer& operator=(const Committer&) = delete;
+
+  // Queues the batch; done(status) runs once it is durable (or failed). After Shutdown(), done
+  // runs at once with Unavailable.
+  void Submit(WriteBatch batch, std::function<void(Status)> done);
+  // Writes synchronously (same durability), for start-up and tools.
+  Status WriteNow(const WriteBatch& batch);
+  // Drains pending batches and stops accepting new ones.
+  void Shutdown();
+
+  uint64_t commits() const;  // synced writes done
+  uint64_t batches() const;  // batches submitted and written
+
+ private:
+  struct Pending {
+    WriteBatch batch;
+    std::function<void(Status)> done;
+  };
+  void Run();
+
+  KvStore& store_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Pending> queue_;
+  bool stopping_ = false;
+  uint64_t commits_ = 0;
+  uint64_t batches_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace parley::store

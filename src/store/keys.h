@@ -1,0 +1,48 @@
+#pragma once
+// Every key prefix in the store, in one place. The leading "v1/" versions the layout: a future
+// incompatible layout uses "v2/" and a migration, never a silent reinterpretation.
+//
+//   v1/meta/schema                          "1"
+//   v1/mem/<conv>/<ts_ms:016>-<seq:012x>    Turn (JSON), per conversation, in time order
+//   v1/user/<platform>/<user>/<conv>        "" — conversations a user spoke in (for forget-user)
+//   v1/dedupe/<platform>/<event_id>         expiry (unix ms, decimal)
+//   v1/inbox/<id>                           accepted inbound message not yet answered (JSON)
+//   v1/outbox/<platform>/<id>               delivery owed to a platform (JSON)
+//   v1/route/<conv>                         the conversation's latest reply route (webhook reply_url)
+//   v1/feedback/<message_id>                feedback on an answer (later issues)
+// <conv> is ConversationKey::Encode() (three escaped parts joined by '/'), and every other variable
+// part is escaped with EscapeKeyPart, so a prefix ending in '/' never matches a longer sibling.
+
+#include <string>
+
+#include "core/message.h"
+
+namespace parley::store::keys {
+
+inline constexpr char kSchema[] = "v1/meta/schema";
+inline constexpr char kMemory[] = "v1/mem/";
+inline constexpr char kUser[] = "v1/user/";
+inline constexpr char kDedupe[] = "v1/dedupe/";
+inline constexpr char kInbox[] = "v1/inbox/";
+inline constexpr char kOutbox[] = "v1/outbox/";
+inline constexpr char kRoute[] = "v1/route/";
+
+inline std::string MemoryPrefix(const ConversationKey& conv) {
+  return kMemory + conv.Encode() + "/";
+}
+inline std::string UserPrefix(const std::string& platform, const std::string& user) {
+  return kUser + EscapeKeyPart(platform) + "/" + EscapeKeyPart(user) + "/";
+}
+inline std::string Dedupe(const std::string& platform, const std::string& event_id) {
+  return kDedupe + EscapeKeyPart(platform) + "/" + EscapeKeyPart(event_id);
+}
+inline std::string Inbox(const std::string& id) { return kInbox + EscapeKeyPart(id); }
+inline std::string OutboxPrefix(const std::string& platform) {
+  return kOutbox + EscapeKeyPart(platform) + "/";
+}
+inline std::string Outbox(const std::string& platform, const std::string& id) {
+  return OutboxPrefix(platform) + EscapeKeyPart(id);
+}
+inline std::string Route(const ConversationKey& conv) { return kRoute + conv.Encode(); }
+
+}  // namespace parley::store::keys

@@ -1,0 +1,54 @@
+#pragma once
+// Per-conversation memory: the turns of each conversation, kept for a retention period, loaded
+// newest-first within a budget for follow-up questions, and forgotten on request (a conversation,
+// or everything a user said).
+// Thread-safety: thread-safe (stateless over a thread-safe KvStore). Appends to one conversation
+// are expected from its serial executor, so turns keep their order.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/clock.h"
+#include "core/message.h"
+#include "store/kv_store.h"
+
+namespace parley::store {
+
+struct Turn {
+  std::string role;  // "user", "assistant" (or "agent" later)
+  std::string user;  // who spoke (for role "user"); empty for the bot
+  std::string text;
+  std::string turn_id;  // shared by a question and its answer
+  int64_t ts_ms = 0;
+  std::vector<Citation> citations;
+};
+
+class ConversationMemory {
+ public:
+  // retention_days <= 0 keeps memory forever.
+  ConversationMemory(KvStore& kv, const Clock& clock, int retention_days);
+
+  // Adds the turn to batch (commit it with the rest of the turn's writes).
+  void Append(WriteBatch& batch, const ConversationKey& conv, const Turn& turn) const;
+
+  // The most recent turns, oldest first: at most max_turns, and at most max_chars of text in all
+  // (always at least the newest turn when one exists). Expired turns are not returned.
+  Result<std::vector<Turn>> Recent(const ConversationKey& conv, size_t max_turns,
+                                   size_t max_chars) const;
+
+  // Deletes every turn of the conversation (synced). Returns how many turns were removed.
+  Result<size_t> Forget(const ConversationKey& conv);
+  // Deletes every turn the user wrote on platform and the answers to those turns (synced).
+  Result<size_t> ForgetUser(const std::string& platform, const std::string& user);
+  // Deletes turns older than the retention period. Returns how many.
+  Result<size_t> SweepExpired();
+
+ private:
+  int64_t CutoffMs() const;
+  KvStore& kv_;
+  const Clock& clock_;
+  int64_t retention_ms_;
+};
+
+}  // namespace parley::store

@@ -1,0 +1,96 @@
+#include "store/memory.h"
+
+#include <gtest/gtest.h>
+
+#include "core/clock.h"
+#include "tests/support/temp_dir.h"
+
+namespace parley::store {
+namespace {
+
+class MemoryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kv_ = std::move(OpenLevelDb(dir_.Sub("db")).value());
+    memory_ = std::make_unique<ConversationMemory>(*kv_, clock_, /*retention_days=*/1);
+  }
+  void Say(const ConversationKey& conv, const std::string& user, const std::string& q,
+           const std::string& a) {
+    static int n = 0;
+    std::string id = "t" + std::to_string(++n);
+    WriteBatch b;
+    memory_->Append(b, conv, Turn{"user", user, q, id, clock_.NowMs(), {}});
+    memory_->Append(b, conv, Turn{"assistant", "", a, id, clock_.NowMs(), {}});
+    ASSERT_TRUE(kv_->Write(b, true).ok());
+    clock_.Advance(1000);
+  }
+  std::vector<std::string> Texts(const ConversationKey& conv, size_t turns = 100,
+                                 size_t chars = 100000) {
+    std::vector<std::string> out;
+    for (const Turn& t : memory_->Recent(conv, turns, chars).value()) out.push_back(t.text);
+    return out;
+  }
+  testing::TempDir dir_;
+  ManualClock clock_;
+  std::unique_ptr<KvStore> kv_;
+  std::unique_ptr<ConversationMemory> memory_;
+};
+
+TEST_F(MemoryTest, RecentIsOldestFirstWithinBudget) {
+  ConversationKey c{"webhook", "c1", ""};
+  Say(c, "u1", "q1", "a1");
+  Say(c, "u1", "q2", "a2");
+  Say(c, "u1", "q3", "a3");
+  EXPECT_EQ(Texts(c), (std::vector<std::string>{"q1", "a1", "q2", "a2", "q3", "a3"}));
+  EXPECT_EQ(Texts(c, 3), (std::vector<std::string>{"a2", "q3", "a3"}));
+  EXPECT_EQ(Texts(c, 100, 4), (std::vector<std::string>{"q3", "a3"}));
+  // The newest turn is returned even when it alone exceeds the budget.
+  EXPECT_EQ(Texts(c, 100, 1), (std::vector<std::string>{"a3"}));
+}
+
+TEST_F(MemoryTest, ConversationsNeverLeak) {
+  ConversationKey a{"webhook", "c", ""};
+  ConversationKey a_thread{"webhook", "c", "t"};
+  ConversationKey b{"webhook", "c/", ""};
+  Say(a, "u", "main line", "x");
+  Say(a_thread, "u", "in thread", "y");
+  Say(b, "u", "other", "z");
+  EXPECT_EQ(Texts(a), (std::vector<std::string>{"main line", "x"}));
+  EXPECT_EQ(Texts(a_thread), (std::vector<std::string>{"in thread", "y"}));
+  EXPECT_EQ(Texts(b), (std::vector<std::string>{"other", "z"}));
+}
+
+TEST_F(MemoryTest, ForgetConversation) {
+  ConversationKey a{"webhook", "a", ""}, b{"webhook", "b", ""};
+  Say(a, "u", "q", "r");
+  Say(b, "u", "q", "r");
+  EXPECT_EQ(memory_->Forget(a).value(), 2u);
+  EXPECT_TRUE(Texts(a).empty());
+  EXPECT_EQ(Texts(b).size(), 2u);
+}
+
+TEST_F(MemoryTest, ForgetUserRemovesTheirTurnsAndAnswersOnly) {
+  ConversationKey shared{"webhook", "room", ""};
+  Say(shared, "alice", "alice asks", "answer to alice");
+  Say(shared, "bob", "bob asks", "answer to bob");
+  ConversationKey alone{"webhook", "dm-alice", ""};
+  Say(alone, "alice", "private", "reply");
+  EXPECT_EQ(memory_->ForgetUser("webhook", "alice").value(), 4u);
+  EXPECT_EQ(Texts(shared), (std::vector<std::string>{"bob asks", "answer to bob"}));
+  EXPECT_TRUE(Texts(alone).empty());
+  // Same user id on another platform is someone else.
+  EXPECT_EQ(memory_->ForgetUser("slack", "bob").value(), 0u);
+}
+
+TEST_F(MemoryTest, RetentionHidesAndSweepsOldTurns) {
+  ConversationKey c{"webhook", "c", ""};
+  Say(c, "u", "old", "old answer");
+  clock_.Advance(2 * 86'400'000);
+  Say(c, "u", "new", "new answer");
+  EXPECT_EQ(Texts(c), (std::vector<std::string>{"new", "new answer"}));
+  EXPECT_EQ(memory_->SweepExpired().value(), 2u);
+  EXPECT_EQ(memory_->SweepExpired().value(), 0u);
+}
+
+}  // namespace
+}  // namespace parley::store

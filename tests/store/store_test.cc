@@ -1,0 +1,164 @@
+#include <atomic>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "core/clock.h"
+#include "store/committer.h"
+#include "store/kv_store.h"
+#include "store/records.h"
+#include "tests/support/temp_dir.h"
+
+namespace parley::store {
+namespace {
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto opened = OpenLevelDb(dir_.Sub("db"));
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    kv_ = std::move(opened.value());
+  }
+  testing::TempDir dir_;
+  std::unique_ptr<KvStore> kv_;
+};
+
+std::vector<std::string> Keys(KvStore& kv, const std::string& prefix, bool reverse = false) {
+  std::vector<std::string> out;
+  auto visit = [&](std::string_view k, std::string_view) {
+    out.emplace_back(k);
+    return true;
+  };
+  Status s = reverse ? kv.ScanReverse(prefix, visit) : kv.Scan(prefix, visit);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return out;
+}
+
+TEST_F(StoreTest, PutGetDeleteAtomically) {
+  WriteBatch b;
+  b.Put("a/1", "x");
+  b.Put("a/2", "y");
+  ASSERT_TRUE(kv_->Write(b, true).ok());
+  EXPECT_EQ(kv_->Get("a/1").value(), "x");
+  WriteBatch d;
+  d.Delete("a/1");
+  ASSERT_TRUE(kv_->Write(d, true).ok());
+  EXPECT_TRUE(kv_->Get("a/1").status().IsNotFound());
+  EXPECT_EQ(kv_->Get("a/2").value(), "y");
+}
+
+TEST_F(StoreTest, ScanStaysInsidePrefixBothWays) {
+  WriteBatch b;
+  for (const char* k : {"p/a", "p/b", "p/c", "pq/x", "o/z", "p0"}) b.Put(k, "v");
+  ASSERT_TRUE(kv_->Write(b, false).ok());
+  EXPECT_EQ(Keys(*kv_, "p/"), (std::vector<std::string>{"p/a", "p/b", "p/c"}));
+  EXPECT_EQ(Keys(*kv_, "p/", true), (std::vector<std::string>{"p/c", "p/b", "p/a"}));
+  EXPECT_EQ(Keys(*kv_, "pq/", true), (std::vector<std::string>{"pq/x"}));
+  EXPECT_TRUE(Keys(*kv_, "zz/", true).empty());
+  EXPECT_TRUE(Keys(*kv_, "a", true).empty());
+}
+
+TEST_F(StoreTest, SecondOpenIsReportedAsLocked) {
+  auto second = OpenLevelDb(dir_.Sub("db"));
+  ASSERT_FALSE(second.ok());
+  EXPECT_TRUE(IsLockedByOtherProcess(second.status())) << second.status().ToString();
+}
+
+TEST_F(StoreTest, DataSurvivesReopen) {
+  WriteBatch b;
+  b.Put("k", "v");
+  ASSERT_TRUE(kv_->Write(b, true).ok());
+  kv_.reset();
+  auto again = OpenLevelDb(dir_.Sub("db"));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)->Get("k").value(), "v");
+}
+
+TEST_F(StoreTest, CommitterGroupsConcurrentWrites) {
+  Committer committer(*kv_);
+  constexpr int kThreads = 8, kPerThread = 200;
+  std::atomic<int> done{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        WriteBatch b;
+        b.Put("c/" + std::to_string(t) + "/" + std::to_string(i), "v");
+        committer.Submit(std::move(b), [&](Status s) {
+          if (!s.ok()) ++failed;
+          ++done;
+        });
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  committer.Shutdown();  // drains
+  EXPECT_EQ(done.load(), kThreads * kPerThread);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(Keys(*kv_, "c/").size(), size_t{kThreads * kPerThread});
+  EXPECT_EQ(committer.batches(), uint64_t{kThreads * kPerThread});
+  EXPECT_LT(committer.commits(), committer.batches());  // fsyncs were shared
+  // After shutdown, submissions are refused, not lost silently.
+  Status after;
+  committer.Submit(WriteBatch(), [&](Status s) { after = s; });
+  EXPECT_EQ(after.code(), Status::Code::kUnavailable);
+}
+
+TEST_F(StoreTest, DedupeClaimsOnceAndExpires) {
+  ManualClock clock;
+  EventDedupe dedupe(*kv_, clock, 60'000);
+  ASSERT_TRUE(dedupe.Claim("slack", "Ev1").ok());
+  // In flight: a concurrent redelivery is refused.
+  EXPECT_EQ(dedupe.Claim("slack", "Ev1").code(), Status::Code::kAlreadyExists);
+  // Another platform's event with the same id is independent.
+  EXPECT_TRUE(dedupe.Claim("matrix", "Ev1").ok());
+  WriteBatch b;
+  dedupe.Record(b, "slack", "Ev1");
+  ASSERT_TRUE(kv_->Write(b, true).ok());
+  dedupe.Release("slack", "Ev1");
+  EXPECT_EQ(dedupe.Claim("slack", "Ev1").code(), Status::Code::kAlreadyExists);
+  // A claim released without recording may be processed again.
+  dedupe.Release("matrix", "Ev1");
+  EXPECT_TRUE(dedupe.Claim("matrix", "Ev1").ok());
+  clock.Advance(60'001);
+  EXPECT_TRUE(dedupe.Claim("slack", "Ev1").ok());
+  dedupe.Release("slack", "Ev1");
+  EXPECT_EQ(dedupe.SweepExpired().value(), 1u);
+}
+
+TEST_F(StoreTest, InboxAndOutboxRoundTrip) {
+  Inbox inbox(*kv_);
+  Outbox outbox(*kv_);
+  InboundMessage m;
+  m.platform = "webhook";
+  m.event_id = "e/1";
+  m.text = "hello";
+  m.timestamp_ms = 5;
+  OutboxEntry e;
+  e.id = "o1";
+  e.platform = "webhook";
+  e.target = "http://127.0.0.1:9/x";
+  e.payload = "{}";
+  e.attempts = 2;
+  WriteBatch b;
+  inbox.Add(b, m);
+  outbox.Put(b, e);
+  ASSERT_TRUE(kv_->Write(b, true).ok());
+  auto pending = inbox.LoadAll();
+  ASSERT_EQ(pending->size(), 1u);
+  EXPECT_EQ((*pending)[0].text, "hello");
+  auto owed = outbox.Load("webhook");
+  ASSERT_EQ(owed->size(), 1u);
+  EXPECT_EQ((*owed)[0].attempts, 2);
+  EXPECT_EQ((*owed)[0].target, e.target);
+  EXPECT_EQ(outbox.Load("slack")->size(), 0u);
+  WriteBatch r;
+  inbox.Remove(r, m);
+  outbox.Remove(r, "webhook", "o1");
+  ASSERT_TRUE(kv_->Write(r, true).ok());
+  EXPECT_TRUE(inbox.LoadAll()->empty());
+  EXPECT_EQ(outbox.Count("webhook").value(), 0u);
+}
+
+}  // namespace
+}  // namespace parley::store
