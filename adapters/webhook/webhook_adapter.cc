@@ -1,1 +1,382 @@
-// placeholder: being written
+#include "adapters/webhook/webhook_adapter.h"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "adapters/common/http_json.h"
+#include "core/ids.h"
+#include "net/backoff.h"
+#include "net/crypto.h"
+
+namespace parley::webhook {
+namespace {
+
+using adapters::JsonError;
+using nlohmann::json;
+
+bool IsHttpUrl(const std::string& url) {
+  return (url.rfind("http://", 0) == 0 && url.size() > 7) ||
+         (url.rfind("https://", 0) == 0 && url.size() > 8);
+}
+
+// Reads an optional string field; false when present with another type.
+bool OptionalString(const json& body, const char* key, std::string& out) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return true;
+  if (!it->is_string()) return false;
+  out = it->get<std::string>();
+  return true;
+}
+
+int64_t ParseRetryAfterMs(const net::Headers& headers) {
+  std::string value = net::FindHeader(headers, "retry-after");
+  if (value.empty()) return 0;
+  char* end = nullptr;
+  long long seconds = std::strtoll(value.c_str(), &end, 10);
+  if (end == value.c_str() || seconds < 0) return 0;
+  return std::min<long long>(seconds, 3600) * 1000;
+}
+
+}  // namespace
+
+std::string Sign(const std::string& secret, const std::string& timestamp, const std::string& body) {
+  std::string data;
+  data.reserve(timestamp.size() + 1 + body.size());
+  data.append(timestamp).append(".").append(body);
+  return "v1=" + net::HmacSha256Hex(secret, data);
+}
+
+WebhookAdapter::WebhookAdapter(boost::asio::io_context& io, config::WebhookConfig config,
+                               std::shared_ptr<net::HttpClient> http, store::KvStore& kv,
+                               store::Committer& committer, ConversationControl& control,
+                               const Clock& clock, MetricsRegistry& metrics)
+    : io_(io),
+      config_(std::move(config)),
+      http_(std::move(http)),
+      kv_(kv),
+      committer_(committer),
+      control_(control),
+      clock_(clock),
+      metrics_(metrics),
+      outbox_(kv),
+      routes_(kv),
+      delivered_(metrics.GetCounter("parley_webhook_deliveries_total",
+                                    "Webhook callback deliveries by result", "result=\"ok\"")),
+      delivery_failures_(metrics.GetCounter("parley_webhook_deliveries_total",
+                                            "Webhook callback deliveries by result",
+                                            "result=\"dropped\"")),
+      bad_requests_(metrics.GetCounter("parley_webhook_bad_requests_total",
+                                       "Webhook requests refused as invalid or unauthenticated")) {}
+
+Status WebhookAdapter::Start(InboundSink& sink) {
+  sink_ = &sink;
+  auto owed = outbox_.Load(kPlatform);
+  if (!owed.ok()) return owed.status();
+  for (store::OutboxEntry& entry : *owed) {
+    spdlog::info("webhook.delivery.resume id={} attempts={}", entry.id, entry.attempts);
+    int64_t delay = std::max<int64_t>(0, entry.next_attempt_ms - clock_.NowMs());
+    ScheduleDelivery(std::move(entry), delay);
+  }
+  if (config_.secret.empty()) {
+    spdlog::warn(
+        "webhook.auth.disabled: no webhook.secret is set and insecure_no_auth = true; requests "
+        "are NOT authenticated (allowed only because the listener is loopback)");
+  }
+  return Status::Ok();
+}
+
+void WebhookAdapter::Stop(std::function<void()> done) {
+  stopping_ = true;
+  if (done) done();
+}
+
+bool WebhookAdapter::DeliversDurably(const OutboundMessage& message) const {
+  return !message.reply_route.empty() || message.in_reply_to.empty();
+}
+
+bool WebhookAdapter::Handle(const net::HttpRequest& request, net::Responder& respond) {
+  if (request.path == "/v1/messages") {
+    HandleMessage(request, std::move(respond));
+    return true;
+  }
+  if (request.path == "/v1/forget") {
+    HandleForget(request, std::move(respond));
+    return true;
+  }
+  return false;
+}
+
+std::optional<net::HttpResponse> WebhookAdapter::Authenticate(
+    const net::HttpRequest& request) const {
+  if (config_.secret.empty()) return std::nullopt;  // insecure_no_auth (validated: loopback only)
+  const std::string timestamp = net::FindHeader(request.headers, "x-parley-timestamp");
+  const std::string signature = net::FindHeader(request.headers, "x-parley-signature");
+  if (timestamp.empty() || signature.empty()) {
+    return JsonError(401, "unauthenticated",
+                     "X-Parley-Timestamp and X-Parley-Signature headers are required");
+  }
+  char* end = nullptr;
+  long long ts = std::strtoll(timestamp.c_str(), &end, 10);
+  if (end == timestamp.c_str() || *end != '\0') {
+    return JsonError(401, "unauthenticated", "X-Parley-Timestamp must be unix seconds");
+  }
+  if (std::llabs(clock_.NowSeconds() - ts) > config_.max_skew_seconds) {
+    return JsonError(401, "stale_timestamp",
+                     "X-Parley-Timestamp is more than " +
+                         std::to_string(config_.max_skew_seconds) + " s from the server's clock");
+  }
+  if (!net::ConstantTimeEquals(Sign(config_.secret.reveal(), timestamp, request.body),
+                               signature)) {
+    return JsonError(401, "bad_signature", "X-Parley-Signature does not match the body");
+  }
+  return std::nullopt;
+}
+
+void WebhookAdapter::HandleMessage(const net::HttpRequest& request, net::Responder respond) {
+  if (request.method != "POST") {
+    net::HttpResponse r = JsonError(405, "method_not_allowed", "use POST");
+    r.headers.emplace_back("Allow", "POST");
+    return respond(std::move(r));
+  }
+  if (stopping_) return respond(JsonError(503, "unavailable", "shutting down"));
+  if (auto refused = Authenticate(request)) {
+    bad_requests_.Add();
+    return respond(std::move(*refused));
+  }
+  json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    bad_requests_.Add();
+    return respond(JsonError(400, "invalid_json", "the body is not valid JSON"));
+  }
+  if (!body.is_object()) {
+    bad_requests_.Add();
+    return respond(JsonError(422, "invalid_fields", "the body must be a JSON object"));
+  }
+  InboundMessage m;
+  m.platform = kPlatform;
+  std::string reply_url, id;
+  std::string problems;
+  for (auto [key, field] : {std::pair<const char*, std::string*>{"conversation", &m.channel},
+                            {"user", &m.user},
+                            {"text", &m.text}}) {
+    auto it = body.find(key);
+    if (it == body.end() || !it->is_string() ||
+        it->get_ref<const std::string&>().find_first_not_of(" \t\r\n") == std::string::npos) {
+      problems += std::string(problems.empty() ? "" : "; ") + key + " must be a non-empty string";
+    } else {
+      *field = it->get<std::string>();
+    }
+  }
+  if (!OptionalString(body, "thread", m.thread)) problems += "; thread must be a string";
+  if (!OptionalString(body, "reply_url", reply_url)) problems += "; reply_url must be a string";
+  if (!OptionalString(body, "id", id)) problems += "; id must be a string";
+  if (!reply_url.empty() && !IsHttpUrl(reply_url)) {
+    problems += "; reply_url must be an http:// or https:// URL";
+  }
+  if (!problems.empty()) {
+    bad_requests_.Add();
+    if (problems.rfind("; ", 0) == 0) problems = problems.substr(2);
+    return respond(JsonError(422, "invalid_fields", problems));
+  }
+  m.mentions_bot = true;
+  m.is_direct = true;
+  m.event_id = id.empty() ? NewId() : id;
+  m.timestamp_ms = clock_.NowMs();
+  m.reply_route = reply_url;
+  const bool sync = reply_url.empty();
+  const std::string event_id = m.event_id;
+
+  auto shared_respond = std::make_shared<net::Responder>(std::move(respond));
+  if (sync && !pending_.Park(event_id, *shared_respond)) {
+    return (*shared_respond)(JsonError(409, "duplicate", "a request with this id is in progress"));
+  }
+  auto self = shared_from_this();
+  sink_->OnInbound(
+      std::move(m), IntakeOptions{/*durable=*/!sync},
+      [self, shared_respond, sync, event_id](IntakeResult result) {
+        net::Responder respond = *shared_respond;
+        if (sync && !result.status.ok()) {
+          net::Responder parked;
+          if (!self->pending_.Take(event_id, parked)) return;  // cannot happen: not yet answered
+        }
+        switch (result.status.code()) {
+          case Status::Code::kOk:
+            if (!sync) {
+              net::HttpResponse r;
+              r.status = 202;
+              r.body = json{{"id", event_id}, {"status", "accepted"}}.dump();
+              respond(std::move(r));
+            }
+            return;
+          case Status::Code::kAlreadyExists:
+            return respond(JsonError(409, "duplicate",
+                                     "a message with this id was already received"));
+          case Status::Code::kResourceExhausted: {
+            net::HttpResponse r = JsonError(429, "rate_limited", "too many messages; slow down");
+            int64_t seconds = std::max<int64_t>(1, (result.retry_after_ms + 999) / 1000);
+            r.headers.emplace_back("Retry-After", std::to_string(seconds));
+            return respond(std::move(r));
+          }
+          case Status::Code::kInvalidArgument:
+            return respond(JsonError(422, "invalid_fields", result.status.message()));
+          default:
+            return respond(JsonError(503, "unavailable", result.status.message()));
+        }
+      });
+}
+
+void WebhookAdapter::HandleForget(const net::HttpRequest& request, net::Responder respond) {
+  if (request.method != "POST") {
+    net::HttpResponse r = JsonError(405, "method_not_allowed", "use POST");
+    r.headers.emplace_back("Allow", "POST");
+    return respond(std::move(r));
+  }
+  if (auto refused = Authenticate(request)) {
+    bad_requests_.Add();
+    return respond(std::move(*refused));
+  }
+  json body = json::parse(request.body, nullptr, false);
+  if (body.is_discarded()) return respond(JsonError(400, "invalid_json", "invalid JSON"));
+  std::string conversation, thread, user;
+  if (!body.is_object() || !OptionalString(body, "conversation", conversation) ||
+      !OptionalString(body, "thread", thread) || !OptionalString(body, "user", user) ||
+      (conversation.empty() == user.empty())) {
+    return respond(JsonError(422, "invalid_fields",
+                             "give either \"conversation\" (and optional \"thread\") or \"user\""));
+  }
+  Result<size_t> removed = conversation.empty()
+                               ? control_.ForgetUser(kPlatform, user)
+                               : control_.Forget(ConversationKey{kPlatform, conversation, thread});
+  if (!removed.ok()) return respond(JsonError(503, "unavailable", removed.status().message()));
+  net::HttpResponse r;
+  r.body = json{{"forgotten_turns", *removed}}.dump();
+  respond(std::move(r));
+}
+
+void WebhookAdapter::Send(OutboundMessage message, DeliveryCallback done) {
+  // A request waiting on its connection gets the answer as its response.
+  if (!message.in_reply_to.empty() && message.reply_route.empty()) {
+    net::Responder respond;
+    if (pending_.Take(message.in_reply_to, respond)) {
+      net::HttpResponse r;
+      r.body = adapters::ReplyJson(message).dump();
+      respond(std::move(r));
+      if (done) done(Status::Ok());
+    } else if (done) {
+      done(Status::NotFound("the request waiting for this reply is gone"));
+    }
+    return;
+  }
+  store::OutboxEntry entry;
+  entry.id = message.id;
+  entry.platform = kPlatform;
+  entry.target = message.reply_route;
+  json payload = adapters::ReplyJson(message);
+  if (!message.in_reply_to.empty()) payload["in_reply_to"] = message.in_reply_to;
+  entry.payload = payload.dump();
+  entry.created_ms = clock_.NowMs();
+  if (!entry.target.empty()) {
+    // The router recorded this delivery in the outbox with the turn; deliver it.
+    Deliver(std::move(entry));
+    if (done) done(Status::Ok());
+    return;
+  }
+  // The bot speaks first: to the conversation's latest reply_url, else the default.
+  Result<std::string> route = routes_.Get(message.conversation);
+  entry.target = route.ok() ? *route : config_.default_reply_url;
+  if (entry.target.empty()) {
+    spdlog::warn("webhook.send.no_route conv={} id={}", message.conversation.Display(), entry.id);
+    if (done) done(Status::FailedPrecondition("no reply_url known and no default_reply_url"));
+    return;
+  }
+  store::WriteBatch batch;
+  outbox_.Put(batch, entry);
+  auto self = shared_from_this();
+  committer_.Submit(std::move(batch), [self, entry, done](Status status) {
+    boost::asio::post(self->io_, [self, entry, done, status] {
+      if (!status.ok()) {
+        if (done) done(status);
+        return;
+      }
+      self->Deliver(entry);
+      if (done) done(Status::Ok());
+    });
+  });
+}
+
+void WebhookAdapter::ScheduleDelivery(store::OutboxEntry entry, int64_t delay_ms) {
+  auto timer = std::make_shared<boost::asio::steady_timer>(io_);
+  timer->expires_after(std::chrono::milliseconds(delay_ms));
+  auto self = shared_from_this();
+  timer->async_wait([self, timer, entry = std::move(entry)](boost::system::error_code ec) mutable {
+    if (ec) return;
+    self->Deliver(std::move(entry));
+  });
+}
+
+void WebhookAdapter::Deliver(store::OutboxEntry entry) {
+  if (stopping_) return;  // stays in the outbox; resumed at the next start
+  deliveries_in_flight_.fetch_add(1);
+  net::ClientRequest request;
+  request.method = "POST";
+  request.url = entry.target;
+  request.body = entry.payload;
+  request.timeout_ms = config_.delivery_timeout_ms;
+  request.headers.emplace_back("Content-Type", "application/json");
+  request.headers.emplace_back("X-Parley-Delivery", entry.id);
+  if (!config_.secret.empty()) {
+    const std::string ts = std::to_string(clock_.NowSeconds());
+    request.headers.emplace_back("X-Parley-Timestamp", ts);
+    request.headers.emplace_back("X-Parley-Signature",
+                                 Sign(config_.secret.reveal(), ts, entry.payload));
+  }
+  auto self = shared_from_this();
+  http_->Request(std::move(request), [self, entry](Result<net::ClientResponse> result) mutable {
+    entry.attempts += 1;
+    int64_t retry_after_ms = 0;
+    bool permanent = false;
+    if (result.ok()) {
+      const int status = result->status;
+      if (status >= 200 && status < 300) {
+        self->delivered_.Add();
+        spdlog::info("webhook.delivered id={} status={} attempts={}", entry.id, status,
+                     entry.attempts);
+        return self->DeliveryDone(entry, /*remove=*/true);
+      }
+      entry.last_error = "HTTP " + std::to_string(status);
+      retry_after_ms = ParseRetryAfterMs(result->headers);
+      permanent = status >= 400 && status < 500 && status != 408 && status != 429;
+    } else {
+      entry.last_error = result.status().ToString();
+    }
+    if (permanent || entry.attempts >= self->config_.delivery_max_attempts) {
+      self->delivery_failures_.Add();
+      spdlog::error("webhook.delivery.dropped id={} attempts={} error=\"{}\"", entry.id,
+                    entry.attempts, entry.last_error);
+      return self->DeliveryDone(entry, /*remove=*/true);
+    }
+    int64_t delay = std::max(retry_after_ms,
+                             net::BackoffDelayMs(net::BackoffPolicy{500, 60'000}, entry.attempts - 1));
+    entry.next_attempt_ms = self->clock_.NowMs() + delay;
+    spdlog::warn("webhook.delivery.retry id={} attempt={} in_ms={} error=\"{}\"", entry.id,
+                 entry.attempts, delay, entry.last_error);
+    store::WriteBatch batch;
+    self->outbox_.Put(batch, entry);
+    self->committer_.Submit(std::move(batch), nullptr);
+    self->deliveries_in_flight_.fetch_sub(1);
+    self->ScheduleDelivery(std::move(entry), delay);
+  });
+}
+
+void WebhookAdapter::DeliveryDone(const store::OutboxEntry& entry, bool remove) {
+  if (remove) {
+    store::WriteBatch batch;
+    outbox_.Remove(batch, kPlatform, entry.id);
+    committer_.Submit(std::move(batch), nullptr);
+  }
+  deliveries_in_flight_.fetch_sub(1);
+}
+
+}  // namespace parley::webhook

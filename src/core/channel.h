@@ -11,15 +11,29 @@
 
 namespace parley {
 
+struct IntakeOptions {
+  // Record the message durably (the inbox) before reporting it accepted, so a crash before the
+  // answer is sent loses nothing: the turn is replayed at start-up. Adapters whose caller waits
+  // for the answer on the same connection (and retries on failure) may turn this off.
+  bool durable = true;
+};
+
+struct IntakeResult {
+  // OK: accepted for a turn. AlreadyExists: duplicate event (already answered or in progress).
+  // ResourceExhausted: rate limited, retry after retry_after_ms. Unavailable: shutting down or
+  // the store failed. InvalidArgument: the message is unusable (e.g. empty text).
+  Status status;
+  int64_t retry_after_ms = 0;
+};
+
 // Receives messages from adapters. Thread-safety: thread-safe; returns at once (work is queued).
 class InboundSink {
  public:
   virtual ~InboundSink() = default;
-  // Queues the message for a turn. The callback, when set, runs once the message has been
-  // accepted durably (or refused): adapters that acknowledge only durable intake wait for it.
-  // Refusals: AlreadyExists (duplicate event), ResourceExhausted (rate limited),
-  // Unavailable (shutting down), PermissionDenied (policy).
-  virtual void OnInbound(InboundMessage message, std::function<void(Status)> accepted) = 0;
+  // Queues the message for a turn; `accepted` runs once (on any thread) when the message is
+  // accepted (durably, per options) or refused.
+  virtual void OnInbound(InboundMessage message, IntakeOptions options,
+                         std::function<void(IntakeResult)> accepted) = 0;
 };
 
 using DeliveryCallback = std::function<void(Status)>;
@@ -28,6 +42,10 @@ using DeliveryCallback = std::function<void(Status)>;
 class ReplySink {
  public:
   virtual ~ReplySink() = default;
+  // Whether delivering this message must survive a crash. If so, the engine records it in the
+  // outbox (store::Outbox, platform = message.conversation.platform, payload = the message as
+  // JSON) in the same atomic write as the turn, and the sink removes that record once delivered.
+  virtual bool DeliversDurably(const OutboundMessage& message) const = 0;
   // Delivers the message (asynchronously); done reports the final outcome. A message that is
   // accepted for durable delivery reports OK once queued durably.
   virtual void Send(OutboundMessage message, DeliveryCallback done) = 0;

@@ -1,1 +1,124 @@
-// placeholder: being written
+#include "engine/engine.h"
+
+#include <spdlog/spdlog.h>
+
+#include "core/ids.h"
+
+namespace parley::engine {
+
+const char kErrorText[] =
+    "Sorry, something went wrong on my side and I couldn't answer. Please try again in a moment.";
+
+bool GlobMatch(const std::string& pattern, const std::string& text) {
+  size_t p = 0, t = 0, star = std::string::npos, mark = 0;
+  while (t < text.size()) {
+    if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = t;
+    } else if (p < pattern.size() && pattern[p] == text[t]) {
+      ++p;
+      ++t;
+    } else if (star != std::string::npos) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+Engine::Engine(knowledge::KnowledgeIndex& index, store::ConversationMemory& memory,
+               const Clock& clock, const config::EngineConfig& options,
+               std::vector<config::AccessGrant> grants, MetricsRegistry& metrics)
+    : index_(index),
+      memory_(memory),
+      clock_(clock),
+      options_(options),
+      grants_(std::move(grants)),
+      retrieval_seconds_(metrics.GetHistogram("parley_stage_seconds",
+                                              "Latency of turn stages in seconds",
+                                              "stage=\"retrieval\"")),
+      memory_seconds_(metrics.GetHistogram("parley_stage_seconds",
+                                           "Latency of turn stages in seconds",
+                                           "stage=\"memory_load\"")) {}
+
+std::vector<std::string> Engine::AccessTagsFor(const ConversationKey& conversation) const {
+  std::vector<std::string> tags;
+  const std::string subject = conversation.platform + ":" + conversation.channel;
+  for (const config::AccessGrant& grant : grants_) {
+    for (const std::string& pattern : grant.conversations) {
+      if (GlobMatch(pattern, subject)) {
+        tags.insert(tags.end(), grant.tags.begin(), grant.tags.end());
+        break;
+      }
+    }
+  }
+  return tags;
+}
+
+TurnOutput Engine::RunTurn(const InboundMessage& message, const std::string& turn_id) {
+  TurnOutput out;
+  const ConversationKey conv = message.conversation();
+  OutboundMessage& reply = out.reply;
+  reply.id = NewId();
+  reply.conversation = conv;
+  reply.in_reply_to = message.event_id;
+  reply.reply_route = message.reply_route;
+  reply.turn_id = turn_id;
+
+  int64_t t0 = MonotonicNanos();
+  auto recent = memory_.Recent(conv, static_cast<size_t>(options_.memory_turns),
+                               static_cast<size_t>(options_.memory_chars));
+  memory_seconds_.ObserveNanos(MonotonicNanos() - t0);
+  if (!recent.ok()) {
+    spdlog::error("turn.error turn={} conv={} stage=memory error=\"{}\"", turn_id,
+                  conv.Display(), recent.status().ToString());
+    reply.text = kErrorText;
+    out.outcome = "error";
+    return out;
+  }
+
+  // Follow-ups: the latest earlier questions give the retrieval query its context ("and on
+  // Windows?" after a question about installing). Context only boosts; the new question's own
+  // terms decide what matches.
+  knowledge::RetrievalQuery query;
+  query.text = message.text;
+  int questions = 0;
+  for (auto it = recent->rbegin(); it != recent->rend() && questions < 2; ++it) {
+    if (it->role != "user") continue;
+    query.context = it->text + (query.context.empty() ? "" : "\n" + query.context);
+    ++questions;
+  }
+
+  knowledge::AccessFilter access{AccessTagsFor(conv)};
+  t0 = MonotonicNanos();
+  auto passages = index_.Retrieve(query, access, static_cast<size_t>(options_.max_passages));
+  retrieval_seconds_.ObserveNanos(MonotonicNanos() - t0);
+  if (!passages.ok()) {
+    spdlog::error("turn.error turn={} conv={} stage=retrieval error=\"{}\"", turn_id,
+                  conv.Display(), passages.status().ToString());
+    reply.text = kErrorText;
+    out.outcome = "error";
+    return out;
+  }
+
+  ResponderOptions responder;
+  responder.min_confidence = options_.min_confidence;
+  responder.max_answer_sentences = static_cast<size_t>(options_.max_answer_sentences);
+  Answer answer = ComposeExtractiveAnswer(message.text, *passages, responder);
+  reply.text = answer.text;
+  reply.citations = answer.citations;
+  reply.confidence = answer.confidence;
+  out.outcome = answer.answered ? "answered" : "no_answer";
+
+  const int64_t now = clock_.NowMs();
+  memory_.Append(out.writes, conv,
+                 store::Turn{"user", message.user, message.text, turn_id, now, {}});
+  memory_.Append(out.writes, conv,
+                 store::Turn{"assistant", "", reply.text, turn_id, now, reply.citations});
+  return out;
+}
+
+}  // namespace parley::engine

@@ -1,0 +1,20 @@
+#pragma once
+// JSON bodies shared by the HTTP-facing adapters: errors and the reply shape of `ask --json`.
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/message.h"
+#include "net/http.h"
+
+namespace parley::adapters {
+
+// {"error": code, "message": message} with the given HTTP status.
+net::HttpResponse JsonError(int status, const std::string& code, const std::string& message);
+
+// {"id","conversation","thread","text","citations":[{title,source,section,url}],"confidence",
+//  "escalated"}: the reply as the webhook and `parley ask --json` show it.
+nlohmann::json ReplyJson(const OutboundMessage& reply);
+
+}  // namespace parley::adapters

@@ -1,0 +1,88 @@
+#pragma once
+// The generic signed HTTP webhook adapter.
+//
+// Inbound: POST /v1/messages {"conversation","user","text","thread"?,"reply_url"?,"id"?}
+//   signed with X-Parley-Timestamp and X-Parley-Signature: v1=<hex HMAC-SHA256(secret,
+//   timestamp + "." + raw body)>. Without reply_url the answer is the response (200); with it the
+//   response is 202 {"id"} and the answer is POSTed to reply_url, signed the same way, retried with
+//   backoff, and kept in the outbox until delivered (it survives restarts).
+//   POST /v1/forget {"conversation","thread"?} or {"user"}: deletes memory (signed too).
+// Outbound without a request (the bot speaks first): POSTed to the conversation's latest
+//   reply_url, else to webhook.default_reply_url.
+// Thread-safety: thread-safe; HTTP handlers run on io threads.
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include <boost/asio/io_context.hpp>
+
+#include "adapters/common/pending_replies.h"
+#include "config/config.h"
+#include "core/channel.h"
+#include "core/clock.h"
+#include "core/control.h"
+#include "core/metrics.h"
+#include "net/http.h"
+#include "store/committer.h"
+#include "store/kv_store.h"
+#include "store/records.h"
+
+namespace parley::webhook {
+
+inline constexpr char kPlatform[] = "webhook";
+
+// Signature header value for body at timestamp: "v1=" + hex HMAC-SHA256(secret, ts + "." + body).
+std::string Sign(const std::string& secret, const std::string& timestamp, const std::string& body);
+
+class WebhookAdapter final : public ChannelAdapter,
+                             public std::enable_shared_from_this<WebhookAdapter> {
+ public:
+  WebhookAdapter(boost::asio::io_context& io, config::WebhookConfig config,
+                 std::shared_ptr<net::HttpClient> http, store::KvStore& kv,
+                 store::Committer& committer, ConversationControl& control, const Clock& clock,
+                 MetricsRegistry& metrics);
+
+  std::string platform() const override { return kPlatform; }
+  // Resumes the deliveries left in the outbox and begins accepting requests.
+  Status Start(InboundSink& sink) override;
+  void Stop(std::function<void()> done) override;
+  bool DeliversDurably(const OutboundMessage& message) const override;
+  void Send(OutboundMessage message, DeliveryCallback done) override;
+
+  // Serves the adapter's paths; returns false (and leaves the responder untouched) for others.
+  bool Handle(const net::HttpRequest& request, net::Responder& respond);
+
+  size_t PendingDeliveries() const { return deliveries_in_flight_.load(); }
+
+ private:
+  void HandleMessage(const net::HttpRequest& request, net::Responder respond);
+  void HandleForget(const net::HttpRequest& request, net::Responder respond);
+  // Empty when authentic; else the error response to send.
+  std::optional<net::HttpResponse> Authenticate(const net::HttpRequest& request) const;
+  void Deliver(store::OutboxEntry entry);
+  void ScheduleDelivery(store::OutboxEntry entry, int64_t delay_ms);
+  void DeliveryDone(const store::OutboxEntry& entry, bool remove);
+
+  boost::asio::io_context& io_;
+  config::WebhookConfig config_;
+  std::shared_ptr<net::HttpClient> http_;
+  store::KvStore& kv_;
+  store::Committer& committer_;
+  ConversationControl& control_;
+  const Clock& clock_;
+  MetricsRegistry& metrics_;
+  store::Outbox outbox_;
+  store::RouteBook routes_;
+  InboundSink* sink_ = nullptr;
+  std::atomic<bool> stopping_{false};
+  std::atomic<size_t> deliveries_in_flight_{0};
+  adapters::PendingReplies<net::Responder> pending_;
+  Counter& delivered_;
+  Counter& delivery_failures_;
+  Counter& bad_requests_;
+};
+
+}  // namespace parley::webhook

@@ -1,0 +1,89 @@
+#pragma once
+// The router: policy before work (de-duplication by event id, rate limits per user and per
+// conversation, durable intake), then one serial queue per conversation so turns of a conversation
+// run in order while different conversations run in parallel on the io threads. Each finished turn
+// is committed (memory, dedupe mark, inbox removal, outbox entry) in one atomic synced write
+// before its reply is sent.
+// Thread-safety: thread-safe.
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <boost/asio/io_context.hpp>
+
+#include "config/config.h"
+#include "core/channel.h"
+#include "core/clock.h"
+#include "core/metrics.h"
+#include "engine/engine.h"
+#include "net/rate_limiter.h"
+#include "store/committer.h"
+#include "store/records.h"
+
+namespace parley::engine {
+
+struct RouterOptions {
+  config::PolicyConfig policy;
+  int64_t dedupe_ttl_ms = 48LL * 3600 * 1000;
+};
+
+class Router final : public InboundSink {
+ public:
+  // All references must outlive the Router. sink receives every reply.
+  Router(boost::asio::io_context& io, Engine& engine, store::KvStore& kv,
+         store::Committer& committer, ReplySink& sink, const Clock& clock, RouterOptions options,
+         MetricsRegistry& metrics);
+
+  void OnInbound(InboundMessage message, IntakeOptions options,
+                 std::function<void(IntakeResult)> accepted) override;
+
+  // Queues the turns of messages accepted before a crash or restart (the inbox). Call once at
+  // start-up, before adapters start. Returns how many were queued.
+  Result<size_t> ReplayInbox();
+
+  // Stops intake (new messages get Unavailable) and runs done once every accepted turn has been
+  // committed and handed to the sink.
+  void Shutdown(std::function<void()> done);
+
+  size_t InFlight() const { return in_flight_.load(); }
+
+ private:
+  struct Job {
+    InboundMessage message;
+    bool durable = false;
+    int64_t accepted_nanos = 0;
+  };
+  void Enqueue(Job job);
+  void DrainOne(std::string key);
+  void Finish(const std::string& key);
+  void TurnDone();
+
+  boost::asio::io_context& io_;
+  Engine& engine_;
+  store::Committer& committer_;
+  ReplySink& sink_;
+  const Clock& clock_;
+  store::EventDedupe dedupe_;
+  store::Inbox inbox_;
+  store::Outbox outbox_;
+  store::RouteBook routes_;
+  net::KeyedRateLimiter user_limiter_;
+  net::KeyedRateLimiter conversation_limiter_;
+
+  std::mutex mu_;
+  std::map<std::string, std::deque<Job>> queues_;  // conversations with queued or running turns
+  bool stopping_ = false;
+  std::function<void()> on_drained_;
+  std::atomic<size_t> in_flight_{0};
+
+  MetricsRegistry& metrics_;
+  Histogram& store_seconds_;
+  Histogram& total_seconds_;
+};
+
+}  // namespace parley::engine
