@@ -1,0 +1,331 @@
+// `parley ask`, `parley chat`, `parley ingest`, `parley check-config`, and argument parsing.
+// LevelDB admits one process: when a daemon holds the store, ask/chat/ingest go through its
+// local API (a Unix-domain socket in the store directory) and say so.
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "adapters/console/console_adapter.h"
+#include "app/commands.h"
+#include "app/runtime.h"
+#include "net/http.h"
+#include "store/kv_store.h"
+
+namespace parley::app {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kVersion[] = "0.1.0";
+
+// {"text","citations","confidence","escalated"}: the `ask --json` shape.
+json AskJson(const OutboundMessage& reply) {
+  return json{{"text", reply.text},
+              {"citations", reply.citations},
+              {"confidence", reply.confidence},
+              {"escalated", reply.escalated}};
+}
+
+// Opens the runtime for in-process use; nullptr with `daemon` = true when a daemon holds the
+// store, nullptr with a message printed on other failures.
+std::unique_ptr<Runtime> OpenInProcess(const config::Config& config, bool& daemon) {
+  daemon = false;
+  auto rt = Runtime::Open(config);
+  if (rt.ok()) return std::move(rt.value());
+  if (store::IsLockedByOtherProcess(rt.status())) {
+    daemon = true;
+  } else {
+    std::fprintf(stderr, "parley: cannot open the store: %s\n", rt.status().ToString().c_str());
+  }
+  return nullptr;
+}
+
+void SayViaDaemon(const config::Config& config) {
+  std::fprintf(stderr, "parley: a daemon is running on this store; going through it (%s)\n",
+               SocketPath(config).c_str());
+}
+
+// POSTs body to the daemon's local API.
+Result<json> CallDaemon(const config::Config& config, const std::string& path, const json& body,
+                        int timeout_ms) {
+  net::ClientRequest request;
+  request.method = "POST";
+  request.url = "http://localhost" + path;
+  request.unix_socket_path = SocketPath(config);
+  request.body = body.dump();
+  request.headers.emplace_back("Content-Type", "application/json");
+  request.timeout_ms = timeout_ms;
+  auto response = net::BlockingRequest(std::move(request));
+  if (!response.ok()) {
+    return Status::Unavailable("cannot reach the daemon at " + SocketPath(config) + ": " +
+                               response.status().message());
+  }
+  json parsed = json::parse(response->body, nullptr, false);
+  if (response->status != 200) {
+    std::string message = parsed.is_object() ? parsed.value("message", response->body)
+                                             : response->body;
+    return Status::Unavailable("the daemon answered " + std::to_string(response->status) + ": " +
+                               message);
+  }
+  if (parsed.is_discarded()) return Status::Internal("the daemon sent invalid JSON");
+  return parsed;
+}
+
+// Makes sure an in-process index has content: indexes on first use.
+bool EnsureIndexed(Runtime& rt) {
+  if (rt.index->FileCount() > 0) return true;
+  std::fprintf(stderr, "parley: indexing the knowledge base (first use)...\n");
+  auto report = rt.Ingest();
+  if (!report.ok()) {
+    std::fprintf(stderr, "parley: ingest failed: %s\n", report.status().ToString().c_str());
+    return false;
+  }
+  return true;
+}
+
+struct InProcess {
+  std::unique_ptr<Runtime> rt;
+  std::unique_ptr<console::ConsoleAdapter> console;
+};
+
+// Wires the console adapter to an in-process runtime and starts its threads.
+bool StartInProcess(InProcess& p) {
+  if (!EnsureIndexed(*p.rt)) return false;
+  p.console = std::make_unique<console::ConsoleAdapter>(*p.rt->control, p.rt->config.console.user);
+  p.rt->replies.Register(*p.console);
+  Status s = p.console->Start(*p.rt->router);
+  if (!s.ok()) return false;
+  p.rt->StartThreads(1);
+  return true;
+}
+
+OutboundMessage ReplyFromJson(const json& j) {
+  OutboundMessage reply;
+  reply.text = j.value("text", "");
+  if (j.contains("citations")) reply.citations = j["citations"].get<std::vector<Citation>>();
+  reply.confidence = j.value("confidence", 0.0);
+  reply.escalated = j.value("escalated", false);
+  return reply;
+}
+
+}  // namespace
+
+int Ask(const config::Config& config, const std::string& question,
+        const std::string& conversation, bool as_json) {
+  bool daemon = false;
+  InProcess p;
+  p.rt = OpenInProcess(config, daemon);
+  OutboundMessage reply;
+  if (daemon) {
+    SayViaDaemon(config);
+    auto answer = CallDaemon(config, "/v1/local/ask",
+                             json{{"text", question}, {"conversation", conversation}}, 60'000);
+    if (!answer.ok()) {
+      std::fprintf(stderr, "parley: %s\n", answer.status().message().c_str());
+      return 1;
+    }
+    reply = ReplyFromJson(*answer);
+  } else {
+    if (!p.rt || !StartInProcess(p)) return 1;
+    std::string error;
+    if (!p.console->Ask(conversation, question, reply, error)) {
+      std::fprintf(stderr, "parley: %s\n", error.c_str());
+      return 1;
+    }
+  }
+  if (as_json) {
+    std::cout << AskJson(reply).dump() << std::endl;
+  } else {
+    std::cout << console::RenderForTerminal(reply) << std::endl;
+  }
+  return 0;
+}
+
+int Chat(const config::Config& config, const std::string& conversation) {
+  bool daemon = false;
+  InProcess p;
+  p.rt = OpenInProcess(config, daemon);
+  if (daemon) {
+    SayViaDaemon(config);
+    console::TerminalBackend backend;
+    backend.ask = [&](const std::string& text, OutboundMessage& reply, std::string& error) {
+      auto answer = CallDaemon(config, "/v1/local/ask",
+                               json{{"text", text}, {"conversation", conversation}}, 60'000);
+      if (!answer.ok()) {
+        error = answer.status().message();
+        return false;
+      }
+      reply = ReplyFromJson(*answer);
+      return true;
+    };
+    backend.forget = [&]() -> Result<size_t> {
+      auto answer = CallDaemon(config, "/v1/local/forget", json{{"conversation", conversation}},
+                               10'000);
+      if (!answer.ok()) return answer.status();
+      return answer->value("forgotten_turns", size_t{0});
+    };
+    console::RunTerminal(std::cin, std::cout, backend);
+    return 0;
+  }
+  if (!p.rt || !StartInProcess(p)) return 1;
+  console::RunTerminal(std::cin, std::cout, p.console->Backend(conversation));
+  return 0;
+}
+
+int IngestCommand(const config::Config& config) {
+  bool daemon = false;
+  auto rt = OpenInProcess(config, daemon);
+  if (daemon) {
+    SayViaDaemon(config);
+    auto answer = CallDaemon(config, "/v1/local/ingest", json::object(), 30 * 60'000);
+    if (!answer.ok()) {
+      std::fprintf(stderr, "parley: %s\n", answer.status().message().c_str());
+      return 1;
+    }
+    std::cout << answer->value("report", "") << std::endl;
+    return 0;
+  }
+  if (!rt) return 1;
+  auto report = rt->Ingest();
+  if (!report.ok()) {
+    std::fprintf(stderr, "parley: ingest failed: %s\n", report.status().ToString().c_str());
+    return 1;
+  }
+  std::cout << DescribeIngest(*report) << std::endl;
+  return report->errors.empty() ? 0 : 1;
+}
+
+int CheckConfig(const config::Config& config) {
+  std::cout << "config OK: " << config.file << "\n"
+            << "  listen " << config.server.listen << ", store " << config.store.path << ", "
+            << config.knowledge.sources.size() << " knowledge source(s), webhook "
+            << (config.webhook.enabled
+                    ? (config.webhook.secret.empty() ? "on (UNAUTHENTICATED, loopback)"
+                                                     : "on (signed)")
+                    : "off")
+            << ", responder " << (config.llm.enabled ? "LLM" : "embedded (extractive)")
+            << std::endl;
+  return 0;
+}
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: parley <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  serve          run the daemon\n"
+    "  ask QUESTION   one turn through the engine and print the answer\n"
+    "  chat           talk to the bot in this terminal\n"
+    "  ingest         (re)build the knowledge index and print what was indexed\n"
+    "  check-config   validate the configuration and exit\n"
+    "  version        print the version\n"
+    "\n"
+    "Every command takes --config FILE (default: $PARLEY_CONFIG, else config/parley.toml)\n"
+    "and --help.\n";
+
+const std::map<std::string, std::string>& CommandHelp() {
+  static const std::map<std::string, std::string> help = {
+      {"serve",
+       "usage: parley serve [--config FILE]\n\nRuns the daemon: the adapters enabled in the "
+       "config, the engine, /healthz, /readyz and /metrics.\nSIGTERM or SIGINT drains turns in "
+       "flight and exits 0.\n"},
+      {"ask",
+       "usage: parley ask \"QUESTION\" [--conversation ID] [--json] [--config FILE]\n\nOne turn "
+       "through the full engine, memory included: a second ask with the same\n--conversation is a "
+       "follow-up (default conversation: \"terminal\").\n--json prints {\"text\", "
+       "\"citations\":[{\"title\",\"source\",\"section\",\"url\"}], \"confidence\", "
+       "\"escalated\"}.\nWhen a daemon is running on the same store, the question goes through "
+       "it.\n"},
+      {"chat",
+       "usage: parley chat [--conversation ID] [--config FILE]\n\nAn interactive conversation in "
+       "this terminal. Commands: /forget, /help, /quit.\nWhen a daemon is running on the same "
+       "store, the conversation goes through it.\n"},
+      {"ingest",
+       "usage: parley ingest [--config FILE]\n\nBrings the knowledge index in line with the "
+       "configured sources (only new, changed\nand removed files are processed) and prints what "
+       "was indexed.\n"},
+      {"check-config",
+       "usage: parley check-config [--config FILE]\n\nValidates the configuration; prints every "
+       "problem with file, line and key and\nexits 2, or prints a summary and exits 0.\n"},
+      {"version", "usage: parley version\n"},
+  };
+  return help;
+}
+
+int UsageError(const std::string& message, const std::string& command) {
+  std::fprintf(stderr, "parley: %s\n\n", message.c_str());
+  auto it = CommandHelp().find(command);
+  std::fputs(it != CommandHelp().end() ? it->second.c_str() : kUsage, stderr);
+  return 2;
+}
+
+}  // namespace
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::string command = args[0];
+  if (CommandHelp().count(command) == 0) {
+    return UsageError("unknown command \"" + command + "\"", "");
+  }
+  const char* env_config = std::getenv("PARLEY_CONFIG");
+  std::string config_path = env_config && *env_config ? env_config : "config/parley.toml";
+  std::string conversation = "terminal";
+  bool as_json = false;
+  std::vector<std::string> positional;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](std::string& out) {
+      if (i + 1 >= args.size()) return false;
+      out = args[++i];
+      return true;
+    };
+    if (a == "--help" || a == "-h") {
+      std::fputs(CommandHelp().at(command).c_str(), stdout);
+      return 0;
+    } else if (a == "--config") {
+      if (!value(config_path)) return UsageError("--config needs a file", command);
+    } else if (a.rfind("--config=", 0) == 0) {
+      config_path = a.substr(9);
+    } else if (a == "--conversation" && (command == "ask" || command == "chat")) {
+      if (!value(conversation) || conversation.empty()) {
+        return UsageError("--conversation needs an id", command);
+      }
+    } else if (a == "--json" && command == "ask") {
+      as_json = true;
+    } else if (a.rfind("--", 0) == 0 && a.size() > 2) {
+      return UsageError("unknown option " + a, command);
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (command == "version") {
+    std::printf("parley %s\n", kVersion);
+    return 0;
+  }
+  if (command == "ask" ? positional.size() != 1 : !positional.empty()) {
+    return UsageError(command == "ask" ? "ask takes exactly one question (quote it)"
+                                       : "unexpected argument " + positional[0],
+                      command);
+  }
+  auto config = config::LoadConfig(config_path);
+  if (!config.ok()) {
+    std::fprintf(stderr, "%s\n", config.status().message().c_str());
+    return 2;
+  }
+  if (command == "serve") return Serve(*config);
+  if (command == "ask") return Ask(*config, positional[0], conversation, as_json);
+  if (command == "chat") return Chat(*config, conversation);
+  if (command == "ingest") return IngestCommand(*config);
+  return CheckConfig(*config);
+}
+
+}  // namespace parley::app

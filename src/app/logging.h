@@ -1,0 +1,11 @@
+#pragma once
+// Process-wide logging set-up (spdlog): text or JSON lines, to stderr or a file.
+
+#include "config/config.h"
+#include "core/status.h"
+
+namespace parley::app {
+
+Status SetUpLogging(const config::LogConfig& log);
+
+}  // namespace parley::app

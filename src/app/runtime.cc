@@ -1,0 +1,129 @@
+#include "app/runtime.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+namespace parley::app {
+
+std::string DatabasePath(const config::Config& config) { return config.store.path + "/db"; }
+std::string IndexPath(const config::Config& config) { return config.store.path + "/index"; }
+std::string SocketPath(const config::Config& config) { return config.store.path + "/parley.sock"; }
+
+void PlatformReplySink::Register(ChannelAdapter& adapter) {
+  std::lock_guard<std::mutex> lock(mu_);
+  adapters_[adapter.platform()] = &adapter;
+}
+
+ChannelAdapter* PlatformReplySink::Find(const std::string& platform) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = adapters_.find(platform);
+  return it == adapters_.end() ? nullptr : it->second;
+}
+
+bool PlatformReplySink::DeliversDurably(const OutboundMessage& message) const {
+  ChannelAdapter* adapter = Find(message.conversation.platform);
+  return adapter != nullptr && adapter->DeliversDurably(message);
+}
+
+void PlatformReplySink::Send(OutboundMessage message, DeliveryCallback done) {
+  ChannelAdapter* adapter = Find(message.conversation.platform);
+  if (adapter == nullptr) {
+    spdlog::error("reply.no_adapter platform={} id={}", message.conversation.platform, message.id);
+    if (done) done(Status::FailedPrecondition("no adapter for " + message.conversation.platform));
+    return;
+  }
+  adapter->Send(std::move(message), std::move(done));
+}
+
+Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
+  std::unique_ptr<Runtime> rt(new Runtime());
+  rt->config = config;
+  std::error_code ec;
+  std::filesystem::create_directories(config.store.path, ec);
+  if (ec) {
+    return Status::IoError("cannot create store directory " + config.store.path + ": " +
+                           ec.message());
+  }
+  auto kv = store::OpenLevelDb(DatabasePath(config));
+  if (!kv.ok()) return kv.status();
+  rt->kv = std::move(kv.value());
+  rt->committer = std::make_unique<store::Committer>(*rt->kv);
+  auto index = knowledge::KnowledgeIndex::Open(IndexPath(config));
+  if (!index.ok()) return index.status();
+  rt->index = std::move(index.value());
+  const Clock& clock = SystemClock::Instance();
+  rt->memory = std::make_unique<store::ConversationMemory>(*rt->kv, clock,
+                                                           config.store.retention_days);
+  rt->control = std::make_unique<MemoryControl>(*rt->memory);
+  rt->engine = std::make_unique<engine::Engine>(*rt->index, *rt->memory, clock, config.engine,
+                                                config.knowledge.grants, rt->metrics);
+  engine::RouterOptions router_options;
+  router_options.policy = config.policy;
+  router_options.dedupe_ttl_ms = int64_t{config.store.dedupe_hours} * 3600 * 1000;
+  rt->router = std::make_unique<engine::Router>(rt->io, *rt->engine, *rt->kv, *rt->committer,
+                                                rt->replies, clock, router_options, rt->metrics);
+  return rt;
+}
+
+Runtime::~Runtime() {
+  StopThreads();
+  work.join();
+  if (committer) committer->Shutdown();
+}
+
+void Runtime::StartThreads(int n) {
+  if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  guard_ = std::make_unique<
+      boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>(
+      io.get_executor());
+  for (int i = 0; i < n; ++i) {
+    threads_.emplace_back([this] {
+      for (;;) {
+        try {
+          io.run();
+          return;
+        } catch (const std::exception& e) {
+          // A handler let an exception escape: a bug. Log it and keep the thread serving.
+          spdlog::critical("io.handler_exception error=\"{}\"", e.what());
+        }
+      }
+    });
+  }
+}
+
+void Runtime::StopThreads() {
+  guard_.reset();
+  io.stop();
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  threads_.clear();
+}
+
+Result<knowledge::IngestReport> Runtime::Ingest() {
+  std::vector<knowledge::SourceSpec> sources;
+  for (const config::KnowledgeSource& s : config.knowledge.sources) {
+    sources.push_back(knowledge::SourceSpec{s.path, s.tags, s.url_base});
+  }
+  knowledge::ChunkOptions options;
+  options.target_chars = static_cast<size_t>(config.knowledge.chunk_target_chars);
+  options.max_chars = static_cast<size_t>(config.knowledge.chunk_max_chars);
+  return index->Ingest(sources, options);
+}
+
+std::string DescribeIngest(const knowledge::IngestReport& r) {
+  char line[256];
+  std::snprintf(line, sizeof(line),
+                "%zu files seen: %zu indexed, %zu unchanged, %zu removed; %zu chunks in the index "
+                "(%.2f s)",
+                r.files_seen, r.files_indexed, r.files_unchanged, r.files_removed, r.chunks_total,
+                r.seconds);
+  std::string out = line;
+  for (const std::string& f : r.indexed_files) out += "\n  indexed " + f;
+  for (const std::string& e : r.errors) out += "\n  error: " + e;
+  return out;
+}
+
+}  // namespace parley::app

@@ -1,0 +1,97 @@
+#pragma once
+// The composition root: builds every module from the configuration and wires them together.
+// Only src/app names concrete classes from several modules.
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include "config/config.h"
+#include "core/channel.h"
+#include "core/control.h"
+#include "core/metrics.h"
+#include "engine/engine.h"
+#include "engine/router.h"
+#include "knowledge/knowledge.h"
+#include "store/committer.h"
+#include "store/kv_store.h"
+#include "store/memory.h"
+
+namespace parley::app {
+
+// Where a store directory keeps its parts.
+std::string DatabasePath(const config::Config& config);  // LevelDB
+std::string IndexPath(const config::Config& config);     // Xapian
+std::string SocketPath(const config::Config& config);    // the daemon's local API
+
+// Routes each outbound message to the adapter that owns its platform.
+class PlatformReplySink final : public ReplySink {
+ public:
+  void Register(ChannelAdapter& adapter);
+  bool DeliversDurably(const OutboundMessage& message) const override;
+  void Send(OutboundMessage message, DeliveryCallback done) override;
+
+ private:
+  ChannelAdapter* Find(const std::string& platform) const;
+  mutable std::mutex mu_;
+  std::map<std::string, ChannelAdapter*> adapters_;
+};
+
+class MemoryControl final : public ConversationControl {
+ public:
+  explicit MemoryControl(store::ConversationMemory& memory) : memory_(memory) {}
+  Result<size_t> Forget(const ConversationKey& conversation) override {
+    return memory_.Forget(conversation);
+  }
+  Result<size_t> ForgetUser(const std::string& platform, const std::string& user) override {
+    return memory_.ForgetUser(platform, user);
+  }
+
+ private:
+  store::ConversationMemory& memory_;
+};
+
+// Everything a turn needs, opened from the configuration. Members are public: this is wiring.
+class Runtime {
+ public:
+  // Opens the store (Unavailable + IsLockedByOtherProcess when a daemon holds it) and the index.
+  static Result<std::unique_ptr<Runtime>> Open(const config::Config& config);
+  ~Runtime();
+
+  // Runs the io_context on n threads (n <= 0: one per core) until Stop().
+  void StartThreads(int n);
+  // Stops the io_context and joins its threads; flushes the store.
+  void StopThreads();
+
+  // Brings the index in line with the configured sources (blocking; not on an io thread).
+  Result<knowledge::IngestReport> Ingest();
+
+  config::Config config;
+  MetricsRegistry metrics;
+  boost::asio::io_context io;
+  boost::asio::thread_pool work{1};  // long work off the io threads: ingest, sweeps
+  std::unique_ptr<store::KvStore> kv;
+  std::unique_ptr<store::Committer> committer;
+  std::unique_ptr<knowledge::KnowledgeIndex> index;
+  std::unique_ptr<store::ConversationMemory> memory;
+  std::unique_ptr<MemoryControl> control;
+  std::unique_ptr<engine::Engine> engine;
+  PlatformReplySink replies;
+  std::unique_ptr<engine::Router> router;
+
+ private:
+  Runtime() = default;
+  std::vector<std::thread> threads_;
+  std::unique_ptr<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard_;
+};
+
+// Prints an ingest report for people.
+std::string DescribeIngest(const knowledge::IngestReport& report);
+
+}  // namespace parley::app

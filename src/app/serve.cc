@@ -1,0 +1,261 @@
+// `parley serve`: the daemon.
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <future>
+#include <iostream>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "adapters/common/http_json.h"
+#include "adapters/console/console_adapter.h"
+#include "adapters/webhook/webhook_adapter.h"
+#include "app/commands.h"
+#include "app/logging.h"
+#include "app/runtime.h"
+#include "net/http.h"
+#include "store/records.h"
+
+namespace parley::app {
+namespace {
+
+using adapters::JsonError;
+using nlohmann::json;
+
+net::HttpResponse Json(int status, const json& body) {
+  net::HttpResponse r;
+  r.status = status;
+  r.body = body.dump();
+  return r;
+}
+
+// Hourly: expire old memory and dedupe marks (on the work pool: disk-bound).
+void ScheduleSweep(Runtime& rt, std::shared_ptr<boost::asio::steady_timer> timer) {
+  timer->expires_after(std::chrono::hours(1));
+  timer->async_wait([&rt, timer](boost::system::error_code ec) {
+    if (ec) return;
+    boost::asio::post(rt.work, [&rt] {
+      auto turns = rt.memory->SweepExpired();
+      store::EventDedupe dedupe(*rt.kv, SystemClock::Instance(), 0);
+      auto marks = dedupe.SweepExpired();
+      spdlog::info("sweep.done expired_turns={} expired_event_ids={}", turns.ok() ? *turns : 0,
+                   marks.ok() ? *marks : 0);
+    });
+    ScheduleSweep(rt, timer);
+  });
+}
+
+}  // namespace
+
+int Serve(const config::Config& config) {
+  Status logging = SetUpLogging(config.log);
+  if (!logging.ok()) {
+    std::fprintf(stderr, "parley: %s\n", logging.ToString().c_str());
+    return 2;
+  }
+  auto opened = Runtime::Open(config);
+  if (!opened.ok()) {
+    if (store::IsLockedByOtherProcess(opened.status())) {
+      spdlog::critical("start.failed another parley daemon is already using the store {}",
+                       config.store.path);
+    } else {
+      spdlog::critical("start.failed error=\"{}\"", opened.status().ToString());
+    }
+    return 1;
+  }
+  Runtime& rt = **opened;
+  std::atomic<bool> ready{false};
+  std::atomic<bool> stopping{false};
+
+  auto http = net::MakeCurlHttpClient(rt.io);
+  std::shared_ptr<webhook::WebhookAdapter> hook;
+  if (config.webhook.enabled) {
+    hook = std::make_shared<webhook::WebhookAdapter>(rt.io, config.webhook, http, *rt.kv,
+                                                     *rt.committer, *rt.control,
+                                                     SystemClock::Instance(), rt.metrics);
+    rt.replies.Register(*hook);
+  }
+  console::ConsoleAdapter console(*rt.control, config.console.user);
+  rt.replies.Register(console);
+
+  auto ops = [&](const net::HttpRequest& req, net::Responder& respond) -> bool {
+    if (req.path == "/healthz") {
+      respond(Json(200, {{"status", "ok"}}));
+    } else if (req.path == "/readyz") {
+      bool ok = ready.load() && !stopping.load();
+      respond(Json(ok ? 200 : 503,
+                   {{"status", ok ? "ready" : (stopping.load() ? "stopping" : "starting")},
+                    {"chunks", rt.index->ChunkCount()}}));
+    } else if (req.path == "/metrics") {
+      net::HttpResponse r;
+      r.content_type = "text/plain; version=0.0.4";
+      r.body = rt.metrics.RenderPrometheus();
+      respond(std::move(r));
+    } else {
+      return false;
+    }
+    return true;
+  };
+  const bool separate_admin = !config.server.admin_listen.empty();
+  auto public_handler = [&](net::HttpRequest req, net::Responder respond) {
+    if (!separate_admin && ops(req, respond)) return;
+    if (req.path == "/healthz" && ops(req, respond)) return;
+    if (hook && (req.path == "/v1/messages" || req.path == "/v1/forget")) {
+      if (!ready.load()) {
+        return respond(JsonError(503, "unavailable", "starting: the knowledge index is loading"));
+      }
+      hook->Handle(req, respond);
+      return;
+    }
+    respond(JsonError(404, "not_found", "no such path: " + req.path));
+  };
+  auto admin_handler = [&](net::HttpRequest req, net::Responder respond) {
+    if (ops(req, respond)) return;
+    respond(JsonError(404, "not_found", "no such path: " + req.path));
+  };
+  auto local_handler = [&](net::HttpRequest req, net::Responder respond) {
+    if (ops(req, respond)) return;
+    if (req.path == "/v1/local/ingest") {
+      if (req.method != "POST") return respond(JsonError(405, "method_not_allowed", "use POST"));
+      auto shared = std::make_shared<net::Responder>(std::move(respond));
+      boost::asio::post(rt.work, [&rt, shared] {
+        auto report = rt.Ingest();
+        if (!report.ok()) {
+          return (*shared)(JsonError(500, "ingest_failed", report.status().ToString()));
+        }
+        (*shared)(Json(200, {{"report", DescribeIngest(*report)}}));
+      });
+      return;
+    }
+    if (!ready.load()) {
+      return respond(JsonError(503, "unavailable", "starting: the knowledge index is loading"));
+    }
+    if (console.HandleLocal(req, respond)) return;
+    respond(JsonError(404, "not_found", "no such path: " + req.path));
+  };
+
+  net::HttpServerOptions server_options;
+  server_options.max_body_bytes = static_cast<size_t>(config.server.max_body_bytes);
+  server_options.request_timeout_ms = config.server.request_timeout_ms;
+  net::HttpServer public_server(rt.io, server_options, public_handler);
+  net::HttpServer admin_server(rt.io, server_options, admin_handler);
+  net::HttpServer local_server(rt.io, server_options, local_handler);
+
+  auto host_port = config::SplitHostPort(config.server.listen);
+  if (!host_port.ok()) {
+    spdlog::critical("start.failed server.listen: {}", host_port.status().message());
+    return 2;
+  }
+  auto port = public_server.ListenTcp(host_port->first, host_port->second);
+  if (!port.ok()) {
+    spdlog::critical("start.failed cannot listen on {}: {}", config.server.listen,
+                     port.status().message());
+    return 1;
+  }
+  json ports{{"listen", *port}};
+  if (separate_admin) {
+    auto admin_hp = config::SplitHostPort(config.server.admin_listen);
+    auto admin_port = admin_hp.ok() ? admin_server.ListenTcp(admin_hp->first, admin_hp->second)
+                                    : Result<uint16_t>(admin_hp.status());
+    if (!admin_port.ok()) {
+      spdlog::critical("start.failed cannot listen on {}: {}", config.server.admin_listen,
+                       admin_port.status().message());
+      return 1;
+    }
+    ports["admin"] = *admin_port;
+  }
+  Status local = local_server.ListenUnix(SocketPath(config));
+  if (!local.ok()) {
+    spdlog::warn("local_api.unavailable path={} error=\"{}\" (parley ask/chat cannot reach "
+                 "this daemon)",
+                 SocketPath(config), local.ToString());
+  }
+  if (!config.server.port_file.empty()) {
+    std::ofstream(config.server.port_file + ".tmp") << ports.dump() << "\n";
+    std::rename((config.server.port_file + ".tmp").c_str(), config.server.port_file.c_str());
+  }
+
+  rt.StartThreads(config.runtime.threads);
+
+  // Initial ingest off the io threads; adapters start once the index is loaded.
+  boost::asio::post(rt.work, [&] {
+    auto report = rt.Ingest();
+    if (!report.ok()) {
+      spdlog::error("ingest.failed error=\"{}\"", report.status().ToString());
+    } else {
+      spdlog::info("ingest.done files={} indexed={} unchanged={} removed={} chunks={} s={:.2f}",
+                   report->files_seen, report->files_indexed, report->files_unchanged,
+                   report->files_removed, report->chunks_total, report->seconds);
+      for (const std::string& e : report->errors) spdlog::warn("ingest.file_error {}", e);
+    }
+    auto replayed = rt.router->ReplayInbox();
+    if (!replayed.ok()) spdlog::error("inbox.replay_failed error=\"{}\"", replayed.status().ToString());
+    Status started = hook ? hook->Start(*rt.router) : Status::Ok();
+    if (!started.ok()) spdlog::error("webhook.start_failed error=\"{}\"", started.ToString());
+    Status console_started = console.Start(*rt.router);
+    (void)console_started;
+    ready = true;
+    spdlog::info("ready chunks={}", rt.index->ChunkCount());
+  });
+
+  const std::string base = "http://" + host_port->first + ":" + std::to_string(*port);
+  spdlog::info("listening url={} local_api={} store={}", base, SocketPath(config),
+               config.store.path);
+  std::fprintf(stderr,
+               "\nparley is listening on %s\n"
+               "  talk to it:   parley chat --config %s\n"
+               "  or webhook:   curl -s %s/v1/messages -H 'Content-Type: application/json' \\\n"
+               "                  -d '{\"conversation\":\"demo\",\"user\":\"me\",\"text\":\"How do "
+               "I configure the webhook?\"}'%s\n"
+               "  health:       %s/healthz   metrics: %s/metrics\n\n",
+               base.c_str(), config.file.c_str(), base.c_str(),
+               config.webhook.secret.empty() ? "" : "\n                (signed: see README)",
+               base.c_str(), base.c_str());
+
+  auto sweep = std::make_shared<boost::asio::steady_timer>(rt.io);
+  ScheduleSweep(rt, sweep);
+
+  // SIGTERM/SIGINT: stop accepting, finish turns in flight, flush, exit 0.
+  std::promise<void> finished;
+  boost::asio::signal_set signals(rt.io, SIGINT, SIGTERM);
+  auto deadline = std::make_shared<boost::asio::steady_timer>(rt.io);
+  std::atomic<bool> finished_once{false};
+  auto finish = [&] {
+    if (!finished_once.exchange(true)) finished.set_value();
+  };
+  signals.async_wait([&](boost::system::error_code ec, int signo) {
+    if (ec) return;
+    spdlog::info("shutdown.start signal={} in_flight={}", signo, rt.router->InFlight());
+    stopping = true;
+    public_server.Stop();
+    admin_server.Stop();
+    local_server.Stop();
+    sweep->cancel();
+    deadline->expires_after(std::chrono::seconds(10));
+    deadline->async_wait([&](boost::system::error_code e) {
+      if (e) return;
+      spdlog::warn("shutdown.deadline in_flight={}", rt.router->InFlight());
+      finish();
+    });
+    rt.router->Shutdown([&] {
+      if (hook) hook->Stop(nullptr);
+      spdlog::info("shutdown.drained");
+      finish();
+    });
+  });
+  finished.get_future().wait();
+  rt.committer->Shutdown();
+  rt.StopThreads();
+  rt.work.join();
+  spdlog::info("shutdown.done");
+  spdlog::default_logger()->flush();
+  return 0;
+}
+
+}  // namespace parley::app
