@@ -1,6 +1,7 @@
 #include "adapters/console/console_adapter.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <future>
 #include <istream>
 #include <ostream>
@@ -55,7 +56,12 @@ std::string RenderForTerminal(const OutboundMessage& reply) {
 }
 
 ConsoleAdapter::ConsoleAdapter(ConversationControl& control, std::string default_user)
-    : control_(control), default_user_(std::move(default_user)) {}
+    : control_(control), default_user_(std::move(default_user)) {
+  if (default_user_.empty()) {
+    const char* user = std::getenv("USER");
+    default_user_ = user && *user ? user : "local";
+  }
+}
 
 Status ConsoleAdapter::Start(InboundSink& sink) {
   sink_ = &sink;
