@@ -1,0 +1,196 @@
+// The router over real LevelDB and a real Xapian index in a temporary directory.
+
+#include "engine/router.h"
+
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <gtest/gtest.h>
+
+#include "store/keys.h"
+#include "tests/support/temp_dir.h"
+
+namespace parley::engine {
+namespace {
+
+// Collects replies; waits for them with a deadline.
+class CollectingSink final : public ReplySink {
+ public:
+  bool DeliversDurably(const OutboundMessage& m) const override { return !m.reply_route.empty(); }
+  void Send(OutboundMessage m, DeliveryCallback done) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      replies_.push_back(std::move(m));
+    }
+    cv_.notify_all();
+    if (done) done(Status::Ok());
+  }
+  bool WaitFor(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(20), [&] { return replies_.size() >= n; });
+  }
+  std::vector<OutboundMessage> replies() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return replies_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<OutboundMessage> replies_;
+};
+
+class RouterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::filesystem::create_directories(dir_.Sub("kb"));
+    std::ofstream(dir_.Sub("kb/doc.md"))
+        << "# Refunds\n\nRefunds are paid within fourteen days.\n\n# Shipping\n\nShipping is "
+           "free above fifty euros.\n";
+    kv_ = std::move(store::OpenLevelDb(dir_.Sub("db")).value());
+    committer_ = std::make_unique<store::Committer>(*kv_);
+    index_ = std::move(knowledge::KnowledgeIndex::Open(dir_.Sub("index")).value());
+    ASSERT_TRUE(index_->Ingest({{dir_.Sub("kb"), {}, ""}}, knowledge::ChunkOptions{}).ok());
+    memory_ = std::make_unique<store::ConversationMemory>(*kv_, clock_, 30);
+    engine_ = std::make_unique<Engine>(*index_, *memory_, clock_, config::EngineConfig{},
+                                       std::vector<config::AccessGrant>{}, metrics_);
+    RouterOptions options;
+    options.policy.user_burst = 3;
+    options.policy.user_rate_per_minute = 1;
+    router_ = std::make_unique<Router>(io_, *engine_, *kv_, *committer_, sink_, clock_, options,
+                                       metrics_);
+    for (int i = 0; i < 2; ++i) threads_.emplace_back([this] { io_.run(); });
+  }
+  void TearDown() override {
+    guard_.reset();
+    io_.stop();
+    for (auto& t : threads_) t.join();
+  }
+  IntakeResult Submit(InboundMessage m, bool durable = false) {
+    std::promise<IntakeResult> p;
+    auto f = p.get_future();
+    router_->OnInbound(std::move(m), IntakeOptions{durable},
+                       [&p](IntakeResult r) { p.set_value(r); });
+    return f.get();
+  }
+  static InboundMessage Message(const std::string& conv, const std::string& user,
+                                const std::string& text, const std::string& id) {
+    InboundMessage m;
+    m.platform = "test";
+    m.channel = conv;
+    m.user = user;
+    m.text = text;
+    m.event_id = id;
+    return m;
+  }
+  size_t Count(const std::string& prefix) {
+    size_t n = 0;
+    EXPECT_TRUE(kv_->Scan(prefix, [&](std::string_view, std::string_view) {
+      ++n;
+      return true;
+    }).ok());
+    return n;
+  }
+
+  testing::TempDir dir_;
+  ManualClock clock_;
+  MetricsRegistry metrics_;
+  boost::asio::io_context io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> guard_{
+      io_.get_executor()};
+  std::vector<std::thread> threads_;
+  std::unique_ptr<store::KvStore> kv_;
+  std::unique_ptr<store::Committer> committer_;
+  std::unique_ptr<knowledge::KnowledgeIndex> index_;
+  std::unique_ptr<store::ConversationMemory> memory_;
+  std::unique_ptr<Engine> engine_;
+  CollectingSink sink_;
+  std::unique_ptr<Router> router_;
+};
+
+TEST_F(RouterTest, AnswersAndRecordsTheTurn) {
+  ASSERT_TRUE(Submit(Message("c1", "u1", "how long do refunds take?", "e1")).status.ok());
+  ASSERT_TRUE(sink_.WaitFor(1));
+  OutboundMessage reply = sink_.replies()[0];
+  EXPECT_EQ(reply.in_reply_to, "e1");
+  EXPECT_NE(reply.text.find("fourteen days"), std::string::npos) << reply.text;
+  EXPECT_EQ(memory_->Recent({"test", "c1", ""}, 10, 10000)->size(), 2u);
+}
+
+TEST_F(RouterTest, DuplicateEventIsRefused) {
+  ASSERT_TRUE(Submit(Message("c1", "u1", "refunds?", "same")).status.ok());
+  ASSERT_TRUE(sink_.WaitFor(1));
+  IntakeResult again = Submit(Message("c1", "u1", "refunds?", "same"));
+  EXPECT_EQ(again.status.code(), Status::Code::kAlreadyExists);
+  EXPECT_EQ(sink_.replies().size(), 1u);
+}
+
+TEST_F(RouterTest, EmptyTextIsInvalid) {
+  EXPECT_EQ(Submit(Message("c1", "u1", "  \n", "e")).status.code(),
+            Status::Code::kInvalidArgument);
+}
+
+TEST_F(RouterTest, RateLimitedWithRetryAfter) {
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(Submit(Message("c" + std::to_string(i), "u", "refunds?", "r" + std::to_string(i)))
+                    .status.ok());
+  }
+  IntakeResult limited = Submit(Message("c9", "u", "refunds?", "r9"));
+  EXPECT_EQ(limited.status.code(), Status::Code::kResourceExhausted);
+  EXPECT_GT(limited.retry_after_ms, 0);
+  // The refused event was not recorded: after the wait, the same event is accepted.
+  clock_.Advance(limited.retry_after_ms);
+  EXPECT_TRUE(Submit(Message("c9", "u", "refunds?", "r9")).status.ok());
+}
+
+TEST_F(RouterTest, TurnsOfOneConversationStayInOrder) {
+  constexpr int kTurns = 20;
+  for (int i = 0; i < kTurns; ++i) {
+    InboundMessage m = Message("ordered", "u" + std::to_string(i), "question " + std::to_string(i),
+                               "o" + std::to_string(i));
+    router_->OnInbound(std::move(m), IntakeOptions{false}, nullptr);
+  }
+  ASSERT_TRUE(sink_.WaitFor(kTurns));
+  auto replies = sink_.replies();
+  for (int i = 0; i < kTurns; ++i) EXPECT_EQ(replies[i].in_reply_to, "o" + std::to_string(i));
+  auto turns = memory_->Recent({"test", "ordered", ""}, 100, 1'000'000).value();
+  ASSERT_EQ(turns.size(), 2u * kTurns);
+  for (int i = 0; i < kTurns; ++i) EXPECT_EQ(turns[2 * i].text, "question " + std::to_string(i));
+}
+
+TEST_F(RouterTest, DurableIntakeIsReplayedAfterACrash) {
+  // A message accepted durably but never answered (the process died): its inbox record remains.
+  InboundMessage m = Message("c-crash", "u", "refunds?", "crashed");
+  m.reply_route = "http://127.0.0.1:1/cb";
+  store::WriteBatch b;
+  store::Inbox(*kv_).Add(b, m);
+  ASSERT_TRUE(kv_->Write(b, true).ok());
+  EXPECT_EQ(router_->ReplayInbox().value(), 1u);
+  ASSERT_TRUE(sink_.WaitFor(1));
+  EXPECT_EQ(sink_.replies()[0].in_reply_to, "crashed");
+  committer_->Shutdown();  // drain so the turn's write is visible
+  EXPECT_EQ(Count(store::keys::kInbox), 0u);
+  EXPECT_EQ(Count(store::keys::kOutbox), 1u);  // the answer is owed to the reply route
+  EXPECT_EQ(Count(store::keys::kRoute), 1u);
+}
+
+TEST_F(RouterTest, ShutdownWaitsForTurnsInFlight) {
+  for (int i = 0; i < 10; ++i) {
+    router_->OnInbound(Message("s" + std::to_string(i % 3), "u" + std::to_string(i), "refunds?",
+                               "s" + std::to_string(i)),
+                       IntakeOptions{true}, nullptr);
+  }
+  std::promise<void> drained;
+  router_->Shutdown([&] { drained.set_value(); });
+  ASSERT_EQ(drained.get_future().wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  EXPECT_EQ(sink_.replies().size(), 10u);
+  EXPECT_EQ(Submit(Message("late", "u", "refunds?", "late")).status.code(),
+            Status::Code::kUnavailable);
+}
+
+}  // namespace
+}  // namespace parley::engine
