@@ -1,1 +1,787 @@
-// placeholder: being written
+#include "config/config.h"
+
+#include <fcntl.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string_view>
+
+#include "config/env_expand.h"
+
+namespace parley::config {
+namespace {
+
+constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+
+const char* TypeName(toml::node_type type) {
+  switch (type) {
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+// A value for an error message: quoted, control characters escaped, long values cut.
+std::string Quote(std::string_view s) {
+  constexpr size_t kMax = 80;
+  std::string out = "\"";
+  for (size_t i = 0; i < s.size() && i < kMax; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      static const char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > kMax) out += "...";
+  return out + "\"";
+}
+
+// A key as written in TOML: bare when possible, else quoted.
+std::string KeyText(std::string_view key) {
+  const bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+  return bare ? std::string(key) : Quote(key);
+}
+
+std::string FormatNumber(double v) {
+  std::ostringstream os;
+  os.precision(15);
+  os << v;
+  return os.str();
+}
+
+std::string RangeText(int64_t min, int64_t max) {
+  if (max == kMaxInt || max == std::numeric_limits<int64_t>::max()) {
+    return "must be at least " + std::to_string(min);
+  }
+  return "must be between " + std::to_string(min) + " and " + std::to_string(max);
+}
+
+uint32_t LineOf(const toml::node& node) { return node.source().begin.line; }
+
+bool IsHttpUrl(const std::string& url) {
+  for (std::string_view scheme : {"http://", "https://"}) {
+    if (url.size() > scheme.size() && url.compare(0, scheme.size(), scheme) == 0) return true;
+  }
+  return false;
+}
+
+// A string value after ${...} expansion, with what was written in the file.
+struct StringValue {
+  std::string value;
+  std::string raw;
+  // For error messages: `"8080"` or `"8080" (from "${PORT}")`.
+  std::string Describe() const {
+    return raw == value ? Quote(value) : Quote(value) + " (from " + Quote(raw) + ")";
+  }
+};
+
+struct ErrorLine {
+  uint32_t line;  // 0 = none applies
+  size_t order;
+  std::string text;
+};
+
+// Parses one document. Not thread-safe; one instance per parse.
+class Parser {
+ public:
+  Parser(std::string file, const EnvLookup& env) : file_(std::move(file)), env_(env) {
+    config_.file = file_;
+  }
+
+  Result<Config> Run(const std::string& text) {
+    toml::table root;
+    try {
+      root = toml::parse(text, file_);
+    } catch (const toml::parse_error& e) {
+      const toml::source_position& at = e.source().begin;
+      std::string where = file_;
+      if (at.line > 0) where += ":" + std::to_string(at.line) + ":" + std::to_string(at.column);
+      return Status::InvalidArgument(where +
+                                     ": TOML syntax error: " + std::string(e.description()));
+    }
+    ReadRoot(root);
+    ResolveDefaultStorePath();
+    CheckAcrossKeys();
+    if (!errors_.empty()) return Status::InvalidArgument(JoinErrors());
+    return std::move(config_);
+  }
+
+ private:
+  // Reads one key's value; `key` is the full dotted key, `line` the value's line.
+  using Handler =
+      std::function<void(const toml::node& value, const std::string& key, uint32_t line)>;
+  using Fields = std::vector<std::pair<std::string_view, Handler>>;
+
+  void Error(uint32_t line, const std::string& key, const std::string& what) {
+    std::string text = file_;
+    if (line > 0) text += ":" + std::to_string(line);
+    text += ": " + key + ": " + what;
+    errors_.push_back({line, errors_.size(), std::move(text)});
+    bad_keys_.insert(key);
+  }
+
+  std::string JoinErrors() {
+    // In file order; errors that have no line (missing values) last.
+    std::sort(errors_.begin(), errors_.end(), [](const ErrorLine& a, const ErrorLine& b) {
+      const uint32_t la = a.line == 0 ? std::numeric_limits<uint32_t>::max() : a.line;
+      const uint32_t lb = b.line == 0 ? std::numeric_limits<uint32_t>::max() : b.line;
+      return la != lb ? la < lb : a.order < b.order;
+    });
+    std::string out;
+    for (const ErrorLine& e : errors_) {
+      if (!out.empty()) out += '\n';
+      out += e.text;
+    }
+    return out;
+  }
+
+  uint32_t KeyLine(const std::string& key) const {
+    auto it = lines_.find(key);
+    return it == lines_.end() ? 0 : it->second;
+  }
+  bool Given(const std::string& key) const { return lines_.count(key) > 0; }
+  bool Bad(const std::string& key) const { return bad_keys_.count(key) > 0; }
+  // True when `key` or anything inside it ("key.x", "key[0]...") has an error.
+  bool BadUnder(const std::string& key) const {
+    for (auto it = bad_keys_.lower_bound(key); it != bad_keys_.end(); ++it) {
+      if (it->compare(0, key.size(), key) != 0) break;
+      if (it->size() == key.size() || (*it)[key.size()] == '.' || (*it)[key.size()] == '[') {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void ReadTable(const toml::table& table, const std::string& prefix, const Fields& fields) {
+    for (auto&& [k, v] : table) {
+      const std::string key = prefix + "." + KeyText(k.str());
+      const uint32_t line = LineOf(v) > 0 ? LineOf(v) : k.source().begin.line;
+      const std::string_view name = k.str();
+      auto it = std::find_if(fields.begin(), fields.end(),
+                             [name](const auto& f) { return f.first == name; });
+      if (it == fields.end()) {
+        Error(k.source().begin.line > 0 ? k.source().begin.line : line, key, "unknown key");
+        continue;
+      }
+      lines_[key] = line;
+      it->second(v, key, line);
+    }
+  }
+
+  const toml::table* Table(const toml::node& node, const std::string& key, uint32_t line) {
+    const toml::table* t = node.as_table();
+    if (t == nullptr) {
+      Error(line, key, std::string("expected a table, got ") + TypeName(node.type()));
+    }
+    return t;
+  }
+
+  // ---- typed readers: nullopt after reporting an error ----
+
+  std::optional<StringValue> String(const toml::node& node, const std::string& key, uint32_t line) {
+    const auto* s = node.as_string();
+    if (s == nullptr) {
+      Error(line, key, std::string("expected a string, got ") + TypeName(node.type()));
+      return std::nullopt;
+    }
+    StringValue out;
+    out.raw = s->get();
+    Result<std::string> expanded = internal::ExpandEnv(out.raw, env_);
+    if (!expanded.ok()) {
+      Error(line, key, expanded.status().message());
+      return std::nullopt;
+    }
+    out.value = std::move(expanded).value();
+    return out;
+  }
+
+  std::optional<int64_t> Integer(const toml::node& node, const std::string& key, uint32_t line,
+                                 int64_t min, int64_t max) {
+    const auto* i = node.as_integer();
+    if (i == nullptr) {
+      Error(line, key, std::string("expected an integer, got ") + TypeName(node.type()));
+      return std::nullopt;
+    }
+    const int64_t v = i->get();
+    if (v < min || v > max) {
+      Error(line, key, RangeText(min, max) + ", got " + std::to_string(v));
+      return std::nullopt;
+    }
+    return v;
+  }
+
+  std::optional<double> Number(const toml::node& node, const std::string& key, uint32_t line,
+                               double min, double max) {
+    double v = 0;
+    if (const auto* f = node.as_floating_point()) {
+      v = f->get();
+    } else if (const auto* i = node.as_integer()) {
+      v = static_cast<double>(i->get());
+    } else {
+      Error(line, key, std::string("expected a number, got ") + TypeName(node.type()));
+      return std::nullopt;
+    }
+    if (!(v >= min && v <= max)) {  // also catches nan
+      const std::string range =
+          max == std::numeric_limits<double>::max()
+              ? "must be at least " + FormatNumber(min)
+              : "must be between " + FormatNumber(min) + " and " + FormatNumber(max);
+      Error(line, key, range + ", got " + FormatNumber(v));
+      return std::nullopt;
+    }
+    return v;
+  }
+
+  std::optional<bool> Bool(const toml::node& node, const std::string& key, uint32_t line) {
+    const auto* b = node.as_boolean();
+    if (b == nullptr) {
+      Error(line, key,
+            std::string("expected a boolean (true or false), got ") + TypeName(node.type()));
+      return std::nullopt;
+    }
+    return b->get();
+  }
+
+  // An array of strings; each element is ${...}-expanded and, when `word` is set, must be
+  // non-empty and free of whitespace.
+  std::optional<std::vector<std::string>> StringList(const toml::node& node, const std::string& key,
+                                                     uint32_t line, bool word) {
+    const toml::array* a = node.as_array();
+    if (a == nullptr) {
+      Error(line, key, std::string("expected an array of strings, got ") + TypeName(node.type()));
+      return std::nullopt;
+    }
+    std::vector<std::string> out;
+    bool ok = true;
+    for (size_t i = 0; i < a->size(); ++i) {
+      const toml::node& item = *a->get(i);
+      const std::string item_key = key + "[" + std::to_string(i) + "]";
+      const uint32_t item_line = LineOf(item) > 0 ? LineOf(item) : line;
+      std::optional<StringValue> s = String(item, item_key, item_line);
+      if (!s) {
+        ok = false;
+        continue;
+      }
+      if (word && s->value.empty()) {
+        Error(item_line, item_key, "must not be empty");
+        ok = false;
+        continue;
+      }
+      if (word && std::any_of(s->value.begin(), s->value.end(),
+                              [](char c) { return std::isspace(static_cast<unsigned char>(c)); })) {
+        Error(item_line, item_key, "must not contain whitespace, got " + s->Describe());
+        ok = false;
+        continue;
+      }
+      out.push_back(std::move(s->value));
+    }
+    if (!ok) return std::nullopt;
+    return out;
+  }
+
+  // ---- handlers for the field tables ----
+
+  Handler IntField(int* out, int64_t min, int64_t max) {
+    return [this, out, min, max](const toml::node& n, const std::string& key, uint32_t line) {
+      if (auto v = Integer(n, key, line, min, max)) *out = static_cast<int>(*v);
+    };
+  }
+
+  Handler Int64Field(int64_t* out, int64_t min, int64_t max) {
+    return [this, out, min, max](const toml::node& n, const std::string& key, uint32_t line) {
+      if (auto v = Integer(n, key, line, min, max)) *out = *v;
+    };
+  }
+
+  Handler NumberField(double* out, double min, double max) {
+    return [this, out, min, max](const toml::node& n, const std::string& key, uint32_t line) {
+      if (auto v = Number(n, key, line, min, max)) *out = *v;
+    };
+  }
+
+  Handler BoolField(bool* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      if (auto v = Bool(n, key, line)) *out = *v;
+    };
+  }
+
+  Handler StringField(std::string* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      if (auto v = String(n, key, line)) *out = std::move(v->value);
+    };
+  }
+
+  Handler EnumField(std::string* out, std::vector<std::string> allowed) {
+    return [this, out, allowed = std::move(allowed)](const toml::node& n, const std::string& key,
+                                                     uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      if (std::find(allowed.begin(), allowed.end(), v->value) == allowed.end()) {
+        std::string list;
+        for (const std::string& a : allowed) list += (list.empty() ? "" : ", ") + a;
+        Error(line, key, "expected one of " + list + "; got " + v->Describe());
+        return;
+      }
+      *out = std::move(v->value);
+    };
+  }
+
+  // A file system path; relative paths are made absolute against the working directory.
+  Handler PathField(std::string* out, bool required) {
+    return [this, out, required](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      if (v->value.empty()) {
+        if (required) {
+          Error(line, key, "must not be empty");
+        } else {
+          out->clear();
+        }
+        return;
+      }
+      std::error_code ec;
+      std::filesystem::path p = std::filesystem::absolute(v->value, ec);
+      if (ec) {
+        Error(line, key, "cannot make " + v->Describe() + " absolute: " + ec.message());
+        return;
+      }
+      *out = p.lexically_normal().string();
+    };
+  }
+
+  Handler ListenField(std::string* out, bool required) {
+    return [this, out, required](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      if (v->value.empty() && !required) {
+        out->clear();
+        return;
+      }
+      Result<std::pair<std::string, uint16_t>> hp = SplitHostPort(v->value);
+      if (!hp.ok()) {
+        std::string what = hp.status().message();
+        if (v->raw != v->value) what += " (from " + Quote(v->raw) + ")";
+        Error(line, key, what);
+        return;
+      }
+      *out = std::move(v->value);
+    };
+  }
+
+  Handler UrlField(std::string* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      if (!v->value.empty() && !IsHttpUrl(v->value)) {
+        Error(line, key, "expected an http:// or https:// URL, got " + v->Describe());
+        return;
+      }
+      *out = std::move(v->value);
+    };
+  }
+
+  // Secrets must be one ${NAME} reference (an empty default allowed) or "" for none. Nothing
+  // about the value reaches an error message.
+  Handler SecretField(Secret* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      const auto* s = n.as_string();
+      if (s == nullptr) {
+        Error(line, key, std::string("expected a string, got ") + TypeName(n.type()));
+        return;
+      }
+      const std::string& raw = s->get();
+      if (raw.empty()) {
+        *out = Secret();
+        return;
+      }
+      std::optional<internal::EnvReference> ref = internal::ParseSoleReference(raw);
+      if (!ref) {
+        Error(line, key, "secrets must be given as ${ENV_VAR}, not literally");
+        return;
+      }
+      if (ref->fallback && !ref->fallback->empty()) {
+        Error(line, key,
+              "secrets must be given as ${ENV_VAR}, not literally (a default in ${" + ref->name +
+                  ":-...} must be empty)");
+        return;
+      }
+      Result<std::string> value = internal::ExpandEnv(raw, env_);
+      if (!value.ok()) {
+        Error(line, key, value.status().message());
+        return;
+      }
+      *out = Secret(std::move(value).value());
+    };
+  }
+
+  Handler TagsField(std::vector<std::string>* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      if (auto v = StringList(n, key, line, /*word=*/true)) *out = std::move(*v);
+    };
+  }
+
+  // ---- sections ----
+
+  void ReadRoot(const toml::table& root) {
+    for (auto&& [k, v] : root) {
+      const std::string key = KeyText(k.str());
+      const uint32_t line = LineOf(v) > 0 ? LineOf(v) : k.source().begin.line;
+      const std::string_view name = k.str();
+      if (name == "slack") {
+        ReadUnavailable(v, key, line, "this build has no Slack adapter yet");
+        continue;
+      }
+      if (name == "matrix") {
+        ReadUnavailable(v, key, line, "this build has no Matrix adapter yet");
+        continue;
+      }
+      if (name == "tools") {
+        ReadUnavailable(v, key, line, "this build has no tools support yet");
+        continue;
+      }
+      if (name == "escalation") {
+        ReadUnavailable(v, key, line, "this build has no escalation desk yet");
+        continue;
+      }
+      Fields fields = SectionFields(name);
+      if (fields.empty()) {
+        Error(k.source().begin.line > 0 ? k.source().begin.line : line, key,
+              v.is_table() ? "unknown section" : "unknown key");
+        continue;
+      }
+      lines_[key] = line;
+      if (const toml::table* t = Table(v, key, line)) ReadTable(*t, key, fields);
+    }
+  }
+
+  Fields SectionFields(std::string_view name) {
+    Config& c = config_;
+    if (name == "runtime") return {{"threads", IntField(&c.runtime.threads, 0, 256)}};
+    if (name == "log") {
+      return {
+          {"level", EnumField(&c.log.level, {"trace", "debug", "info", "warn", "error"})},
+          {"format", EnumField(&c.log.format, {"text", "json"})},
+          {"file", PathField(&c.log.file, /*required=*/false)},
+      };
+    }
+    if (name == "store") {
+      return {
+          {"path", PathField(&c.store.path, /*required=*/true)},
+          {"retention_days", IntField(&c.store.retention_days, 0, 36500)},
+          {"dedupe_hours", IntField(&c.store.dedupe_hours, 1, 87600)},
+      };
+    }
+    if (name == "server") {
+      return {
+          {"listen", ListenField(&c.server.listen, /*required=*/true)},
+          {"admin_listen", ListenField(&c.server.admin_listen, /*required=*/false)},
+          {"max_body_bytes", Int64Field(&c.server.max_body_bytes, 1, int64_t{1} << 30)},
+          {"request_timeout_ms", IntField(&c.server.request_timeout_ms, 1, 3'600'000)},
+          {"port_file", PathField(&c.server.port_file, /*required=*/false)},
+      };
+    }
+    if (name == "knowledge") {
+      return {
+          {"sources", [this](const toml::node& n, const std::string& key,
+                             uint32_t line) { ReadSources(n, key, line); }},
+          {"grants", [this](const toml::node& n, const std::string& key,
+                            uint32_t line) { ReadGrants(n, key, line); }},
+          {"chunk_target_chars", IntField(&c.knowledge.chunk_target_chars, 1, 1'000'000)},
+          {"chunk_max_chars", IntField(&c.knowledge.chunk_max_chars, 1, 10'000'000)},
+      };
+    }
+    if (name == "engine") {
+      return {
+          {"min_confidence", NumberField(&c.engine.min_confidence, 0, 1)},
+          {"max_passages", IntField(&c.engine.max_passages, 1, 100)},
+          {"max_answer_sentences", IntField(&c.engine.max_answer_sentences, 1, 100)},
+          {"memory_turns", IntField(&c.engine.memory_turns, 0, 1000)},
+          {"memory_chars", IntField(&c.engine.memory_chars, 0, 10'000'000)},
+      };
+    }
+    if (name == "policy") {
+      return {
+          {"user_rate_per_minute", NumberField(&c.policy.user_rate_per_minute, 0, 1e6)},
+          {"user_burst", IntField(&c.policy.user_burst, 1, 1'000'000)},
+          {"conversation_rate_per_minute",
+           NumberField(&c.policy.conversation_rate_per_minute, 0, 1e6)},
+          {"conversation_burst", IntField(&c.policy.conversation_burst, 1, 1'000'000)},
+      };
+    }
+    if (name == "llm") {
+      return {
+          {"enabled",
+           [this](const toml::node& n, const std::string& key, uint32_t line) {
+             auto v = Bool(n, key, line);
+             if (v && *v) {
+               Error(line, key, "the LLM responder is not available in this build yet");
+               return;
+             }
+             if (v) config_.llm.enabled = *v;
+           }},
+          {"base_url", UrlField(&c.llm.base_url)},
+          {"api_key", SecretField(&c.llm.api_key)},
+          {"model", StringField(&c.llm.model)},
+      };
+    }
+    if (name == "webhook") {
+      return {
+          {"enabled", BoolField(&c.webhook.enabled)},
+          {"secret", SecretField(&c.webhook.secret)},
+          {"insecure_no_auth", BoolField(&c.webhook.insecure_no_auth)},
+          {"default_reply_url", UrlField(&c.webhook.default_reply_url)},
+          {"max_skew_seconds", IntField(&c.webhook.max_skew_seconds, 1, 86'400)},
+          {"delivery_timeout_ms", IntField(&c.webhook.delivery_timeout_ms, 1, 600'000)},
+          {"delivery_max_attempts", IntField(&c.webhook.delivery_max_attempts, 1, 1000)},
+      };
+    }
+    if (name == "console") return {{"user", StringField(&c.console.user)}};
+    return {};
+  }
+
+  // A section for a feature this build lacks: only `enabled = false` is accepted.
+  void ReadUnavailable(const toml::node& node, const std::string& key, uint32_t line,
+                       const std::string& what) {
+    const toml::table* t = Table(node, key, line);
+    if (t == nullptr) return;
+    uint32_t offending = std::numeric_limits<uint32_t>::max();
+    for (auto&& [k, v] : *t) {
+      const uint32_t l = LineOf(v) > 0 ? LineOf(v) : k.source().begin.line;
+      if (k.str() == "enabled") {
+        auto enabled = Bool(v, key + ".enabled", l);
+        if (!enabled || !*enabled) continue;
+      }
+      offending = std::min(offending, l);
+    }
+    if (offending != std::numeric_limits<uint32_t>::max()) Error(offending, key, what);
+  }
+
+  // An array of tables ([[key]]); calls `read` for each with its key "key[i]".
+  template <typename Fn>
+  void ReadTableArray(const toml::node& node, const std::string& key, uint32_t line, Fn read) {
+    const toml::array* a = node.as_array();
+    if (a == nullptr) {
+      Error(line, key,
+            "expected an array of tables ([[" + key + "]]), got " + TypeName(node.type()));
+      return;
+    }
+    for (size_t i = 0; i < a->size(); ++i) {
+      const toml::node& item = *a->get(i);
+      const std::string item_key = key + "[" + std::to_string(i) + "]";
+      const uint32_t item_line = LineOf(item) > 0 ? LineOf(item) : line;
+      const toml::table* t = item.as_table();
+      if (t == nullptr) {
+        Error(item_line, item_key, std::string("expected a table, got ") + TypeName(item.type()));
+        continue;
+      }
+      read(*t, item_key, item_line);
+    }
+  }
+
+  void ReadSources(const toml::node& node, const std::string& key, uint32_t line) {
+    ReadTableArray(node, key, line,
+                   [this](const toml::table& t, const std::string& item_key, uint32_t item_line) {
+                     KnowledgeSource source;
+                     ReadTable(t, item_key,
+                               {
+                                   {"path", PathField(&source.path, /*required=*/true)},
+                                   {"tags", TagsField(&source.tags)},
+                                   {"url_base", StringField(&source.url_base)},
+                               });
+                     if (!Given(item_key + ".path")) {
+                       Error(item_line, item_key + ".path", "required");
+                     }
+                     config_.knowledge.sources.push_back(std::move(source));
+                   });
+  }
+
+  void ReadGrants(const toml::node& node, const std::string& key, uint32_t line) {
+    ReadTableArray(
+        node, key, line,
+        [this](const toml::table& t, const std::string& item_key, uint32_t item_line) {
+          AccessGrant grant;
+          ReadTable(t, item_key,
+                    {
+                        {"conversations",
+                         [this, &grant](const toml::node& n, const std::string& k, uint32_t l) {
+                           if (auto v = StringList(n, k, l, /*word=*/true)) {
+                             grant.conversations = std::move(*v);
+                           }
+                         }},
+                        {"tags", TagsField(&grant.tags)},
+                    });
+          for (const char* field : {"conversations", "tags"}) {
+            const std::string k = item_key + "." + field;
+            if (BadUnder(k)) continue;
+            const bool empty = std::string_view(field) == "tags" ? grant.tags.empty()
+                                                                 : grant.conversations.empty();
+            if (empty) {
+              Error(Given(k) ? KeyLine(k) : item_line, k,
+                    std::string("at least one ") +
+                        (std::string_view(field) == "tags" ? "tag" : "conversation pattern") +
+                        " is required");
+            }
+          }
+          config_.knowledge.grants.push_back(std::move(grant));
+        });
+  }
+
+  // The default store.path is relative too; resolve it like a value from the file.
+  void ResolveDefaultStorePath() {
+    if (std::filesystem::path(config_.store.path).is_absolute()) return;
+    std::error_code ec;
+    std::filesystem::path p = std::filesystem::absolute(config_.store.path, ec);
+    if (ec) {
+      Error(0, "store.path",
+            "cannot make " + Quote(config_.store.path) + " absolute: " + ec.message());
+      return;
+    }
+    config_.store.path = p.lexically_normal().string();
+  }
+
+  // ---- validation across keys ----
+
+  void CheckAcrossKeys() {
+    const Config& c = config_;
+    if (c.knowledge.sources.empty() && !BadUnder("knowledge.sources")) {
+      Error(Given("knowledge.sources") ? KeyLine("knowledge.sources") : 0, "knowledge.sources",
+            "at least one source is required");
+    }
+    if (!Bad("knowledge.chunk_max_chars") && !Bad("knowledge.chunk_target_chars") &&
+        c.knowledge.chunk_max_chars < c.knowledge.chunk_target_chars) {
+      if (Given("knowledge.chunk_max_chars")) {
+        Error(KeyLine("knowledge.chunk_max_chars"), "knowledge.chunk_max_chars",
+              "must be at least knowledge.chunk_target_chars (" +
+                  std::to_string(c.knowledge.chunk_target_chars) + "), got " +
+                  std::to_string(c.knowledge.chunk_max_chars));
+      } else {
+        Error(KeyLine("knowledge.chunk_target_chars"), "knowledge.chunk_target_chars",
+              "must be at most knowledge.chunk_max_chars (" +
+                  std::to_string(c.knowledge.chunk_max_chars) + "), got " +
+                  std::to_string(c.knowledge.chunk_target_chars));
+      }
+    }
+
+    Result<std::pair<std::string, uint16_t>> listen = SplitHostPort(c.server.listen);
+    if (listen.ok() && !Bad("server.listen") && !c.server.admin_listen.empty() &&
+        !Bad("server.admin_listen")) {
+      Result<std::pair<std::string, uint16_t>> admin = SplitHostPort(c.server.admin_listen);
+      if (admin.ok() && admin->second != 0 && *admin == *listen) {
+        Error(KeyLine("server.admin_listen"), "server.admin_listen",
+              "must differ from server.listen (leave it empty to serve admin endpoints there)");
+      }
+    }
+
+    if (c.webhook.insecure_no_auth && listen.ok() && !Bad("server.listen") &&
+        !IsLoopbackHost(listen->first)) {
+      Error(KeyLine("webhook.insecure_no_auth"), "webhook.insecure_no_auth",
+            "allowed only when server.listen is a loopback address (127.0.0.0/8, [::1], "
+            "localhost), got " +
+                Quote(c.server.listen));
+    }
+    if (c.webhook.enabled && c.webhook.secret.empty() && !c.webhook.insecure_no_auth &&
+        !Bad("webhook.secret") && !Bad("webhook.enabled") && !Bad("webhook.insecure_no_auth")) {
+      uint32_t line = KeyLine("webhook.secret");
+      if (line == 0) line = KeyLine("webhook.enabled");
+      if (line == 0) line = KeyLine("webhook");
+      Error(line, "webhook.secret",
+            "required when the webhook is enabled: set it from ${ENV_VAR} (the variable is "
+            "unset or empty), or set webhook.insecure_no_auth = true on a loopback "
+            "server.listen, or webhook.enabled = false");
+    }
+  }
+
+  std::string file_;
+  const EnvLookup& env_;
+  Config config_;
+  std::vector<ErrorLine> errors_;
+  std::map<std::string, uint32_t> lines_;  // full key -> line of every key given in the file
+  std::set<std::string> bad_keys_;         // keys that already have an error
+};
+
+std::optional<std::string> ProcessEnv(const std::string& name) {
+  const char* v = std::getenv(name.c_str());
+  if (v == nullptr) return std::nullopt;
+  return std::string(v);
+}
+
+}  // namespace
+
+Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env) {
+  try {
+    Parser parser(name, env);
+    return parser.Run(text);
+  } catch (const std::exception& e) {
+    return Status::Internal(name +
+                            ": unexpected error while reading the configuration: " + e.what());
+  }
+}
+
+Result<Config> ParseConfig(const std::string& text, const std::string& name) {
+  return ParseConfig(text, name, EnvLookup(ProcessEnv));
+}
+
+Result<Config> LoadConfig(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    const std::string what = path + ": cannot open: " + std::strerror(err);
+    return err == ENOENT ? Status::NotFound(what) : Status::IoError(what);
+  }
+  std::string text;
+  char buf[64 * 1024];
+  while (true) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      return Status::IoError(path + ": cannot read: " + std::strerror(err));
+    }
+    text.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return ParseConfig(text, path);
+}
+
+}  // namespace parley::config

@@ -6,7 +6,10 @@
 // Thread-safety: plain values; load once, then share const.
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/secret.h"
@@ -19,7 +22,7 @@ struct RuntimeConfig {
 };
 
 struct LogConfig {
-  std::string level = "info";  // trace | debug | info | warn | error
+  std::string level = "info";   // trace | debug | info | warn | error
   std::string format = "text";  // text | json
   std::string file;             // empty = stderr
 };
@@ -62,12 +65,12 @@ struct EngineConfig {
   double min_confidence = 0.35;  // below: say the knowledge base has no answer, offer a human
   int max_passages = 3;          // passages considered for an answer
   int max_answer_sentences = 3;
-  int memory_turns = 6;          // recent turns loaded for follow-up questions
+  int memory_turns = 6;  // recent turns loaded for follow-up questions
   int memory_chars = 4000;
 };
 
 struct PolicyConfig {
-  double user_rate_per_minute = 30;          // sustained per-user turns
+  double user_rate_per_minute = 30;  // sustained per-user turns
   int user_burst = 10;
   double conversation_rate_per_minute = 60;  // sustained per-conversation turns
   int conversation_burst = 20;
@@ -82,10 +85,10 @@ struct LlmConfig {
 
 struct WebhookConfig {
   bool enabled = true;
-  Secret secret;                   // HMAC-SHA256 key; required unless insecure_no_auth
-  bool insecure_no_auth = false;   // allowed only when server.listen is a loopback address
-  std::string default_reply_url;   // where unsolicited messages go when a conversation has none
-  int max_skew_seconds = 300;      // X-Parley-Timestamp older/newer than this is refused
+  Secret secret;                  // HMAC-SHA256 key; required unless insecure_no_auth
+  bool insecure_no_auth = false;  // allowed only when server.listen is a loopback address
+  std::string default_reply_url;  // where unsolicited messages go when a conversation has none
+  int max_skew_seconds = 300;     // X-Parley-Timestamp older/newer than this is refused
   int delivery_timeout_ms = 10'000;
   int delivery_max_attempts = 12;  // then the delivery is dropped and logged
 };
@@ -108,12 +111,34 @@ struct Config {
   ConsoleConfig console;
 };
 
-// Reads and validates the file. Relative paths in the file (store.path, knowledge source paths,
-// log.file, server.port_file) are resolved against the current working directory.
-// Errors: "FILE:LINE: KEY: what is wrong" (or "FILE: ..." when no line applies).
+// Reads and validates the file. Relative paths (store.path, also its default, knowledge source
+// paths, log.file, server.port_file) are resolved against the current working directory and
+// returned absolute and lexically normalised.
+// Errors: "FILE:LINE: KEY: what is wrong" (or "FILE: ..." when no line applies), one line per
+// problem; all problems found are returned together, joined by "\n", in one InvalidArgument
+// status. KEY is the full dotted key, e.g. "server.listen" or "knowledge.sources[0].path".
+// A file that cannot be read gives NotFound (missing) or IoError. No error message ever contains
+// the value of a secret (webhook.secret, llm.api_key).
 Result<Config> LoadConfig(const std::string& path);
 
-// Same, from text; `name` is used in error messages as the file name.
+// Same, from text; `name` is used in error messages as the file name and stored in Config::file.
 Result<Config> ParseConfig(const std::string& text, const std::string& name);
+
+// Looks up an environment variable for ${NAME} references; nullopt when NAME is unset.
+using EnvLookup = std::function<std::optional<std::string>(const std::string& name)>;
+
+// Same, with the environment injected (tests). ParseConfig(text, name) uses the process
+// environment (getenv).
+Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env);
+
+// Splits "HOST:PORT" into host and port. HOST is an IPv4 address, an IPv6 address in brackets
+// ("[::1]:8080"; returned without the brackets) or a DNS host name; PORT is 0..65535 in decimal.
+// Errors (InvalidArgument) say what is wrong without a file or key prefix, e.g.
+// `expected "HOST:PORT", got "8080"`.
+Result<std::pair<std::string, uint16_t>> SplitHostPort(const std::string& host_port);
+
+// True for "localhost" (any case, optional trailing dot), IPv4 127.0.0.0/8, "::1" (also "[::1]")
+// and IPv4-mapped 127.x addresses ("::ffff:127.0.0.1"). No name resolution is done.
+bool IsLoopbackHost(const std::string& host);
 
 }  // namespace parley::config

@@ -1,0 +1,231 @@
+// The shipped config/parley.toml: it loads, it is what `./dev run` promises, and its comments
+// document every key with the right default.
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "config/config.h"
+
+namespace parley::config {
+namespace {
+
+std::string ShippedPath() {
+  const char* dir = std::getenv("PARLEY_SOURCE_DIR");
+  EXPECT_NE(dir, nullptr) << "PARLEY_SOURCE_DIR is not set (run the test through ctest)";
+  return std::string(dir ? dir : ".") + "/config/parley.toml";
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in.good()) << path;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Sets or unsets an environment variable for the life of the object, restoring it after.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    if (old != nullptr) old_ = old;
+    if (value != nullptr) {
+      setenv(name, value, 1);
+    } else {
+      unsetenv(name);
+    }
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      setenv(name_.c_str(), old_->c_str(), 1);
+    } else {
+      unsetenv(name_.c_str());
+    }
+  }
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
+
+TEST(ShippedConfigTest, LoadsAndIsTheLocalDevelopmentSetup) {
+  ScopedEnv no_secret("PARLEY_WEBHOOK_SECRET", nullptr);
+  Result<Config> r = LoadConfig(ShippedPath());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const Config& c = r.value();
+  const std::filesystem::path cwd = std::filesystem::current_path();
+  EXPECT_EQ(c.server.listen, "127.0.0.1:8080");
+  EXPECT_EQ(c.server.admin_listen, "");
+  EXPECT_EQ(c.store.path, (cwd / "var/parley").string());
+  ASSERT_EQ(c.knowledge.sources.size(), 1u);
+  EXPECT_EQ(c.knowledge.sources[0].path, (cwd / "config/knowledge").string());
+  EXPECT_TRUE(c.knowledge.sources[0].tags.empty());
+  EXPECT_EQ(c.knowledge.sources[0].url_base, "");
+  EXPECT_TRUE(c.knowledge.grants.empty());
+  EXPECT_TRUE(c.webhook.enabled);
+  EXPECT_TRUE(c.webhook.insecure_no_auth);
+  EXPECT_TRUE(c.webhook.secret.empty());
+  EXPECT_FALSE(c.llm.enabled);
+  EXPECT_TRUE(c.llm.api_key.empty());
+}
+
+TEST(ShippedConfigTest, WebhookSecretComesFromTheEnvironment) {
+  ScopedEnv secret("PARLEY_WEBHOOK_SECRET", "dev-secret");
+  Result<Config> r = LoadConfig(ShippedPath());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->webhook.secret.reveal(), "dev-secret");
+  EXPECT_TRUE(r->webhook.insecure_no_auth);
+}
+
+// Every key of every struct in config.h, as "section.key".
+const std::set<std::string> kAllKeys = {
+    "runtime.threads",
+    "log.level",
+    "log.format",
+    "log.file",
+    "store.path",
+    "store.retention_days",
+    "store.dedupe_hours",
+    "server.listen",
+    "server.admin_listen",
+    "server.max_body_bytes",
+    "server.request_timeout_ms",
+    "server.port_file",
+    "knowledge.chunk_target_chars",
+    "knowledge.chunk_max_chars",
+    "knowledge.sources.path",
+    "knowledge.sources.tags",
+    "knowledge.sources.url_base",
+    "knowledge.grants.conversations",
+    "knowledge.grants.tags",
+    "engine.min_confidence",
+    "engine.max_passages",
+    "engine.max_answer_sentences",
+    "engine.memory_turns",
+    "engine.memory_chars",
+    "policy.user_rate_per_minute",
+    "policy.user_burst",
+    "policy.conversation_rate_per_minute",
+    "policy.conversation_burst",
+    "llm.enabled",
+    "llm.base_url",
+    "llm.api_key",
+    "llm.model",
+    "webhook.enabled",
+    "webhook.secret",
+    "webhook.insecure_no_auth",
+    "webhook.default_reply_url",
+    "webhook.max_skew_seconds",
+    "webhook.delivery_timeout_ms",
+    "webhook.delivery_max_attempts",
+    "console.user",
+};
+
+// A key line, commented out or not: "key = value" with a TOML-looking value.
+const std::regex kKeyLine(R"(^(# )?([a-z_]+) = ("|\[|-?[0-9]|true\b|false\b).*$)");
+const std::regex kHeaderLine(R"(^(# )?\[\[?([a-z_.]+)\]\]?\s*$)");
+
+TEST(ShippedConfigTest, DocumentsEveryKey) {
+  const std::string text = ReadFile(ShippedPath());
+  std::istringstream in(text);
+  std::string section;
+  std::set<std::string> documented;
+  for (std::string line; std::getline(in, line);) {
+    std::smatch m;
+    if (std::regex_match(line, m, kHeaderLine)) {
+      section = m[2];
+    } else if (std::regex_match(line, m, kKeyLine)) {
+      documented.insert(section + "." + std::string(m[2]));
+    }
+  }
+  for (const std::string& key : kAllKeys) {
+    EXPECT_EQ(documented.count(key), 1u) << key << " is not documented in config/parley.toml";
+  }
+  for (const std::string& key : documented) {
+    EXPECT_EQ(kAllKeys.count(key), 1u) << key << " is documented but is no config key";
+  }
+}
+
+// With every commented-out key line uncommented, the file still loads and the values it shows
+// are the struct defaults (except the keys documented with an example instead).
+TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
+  const std::string text = ReadFile(ShippedPath());
+  std::istringstream in(text);
+  std::string uncommented;
+  int uncommented_lines = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (std::regex_match(line, kKeyLine) || std::regex_match(line, kHeaderLine)) {
+      if (line.rfind("# ", 0) == 0) {
+        line = line.substr(2);
+        ++uncommented_lines;
+      }
+    }
+    uncommented += line + "\n";
+  }
+  EXPECT_GT(uncommented_lines, 25);
+  Result<Config> r = ParseConfig(uncommented, "uncommented.toml",
+                                 [](const std::string& name) -> std::optional<std::string> {
+                                   if (name == "PARLEY_LLM_API_KEY") return "k";
+                                   return std::nullopt;
+                                 });
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const Config& c = r.value();
+  const Config d;
+  EXPECT_EQ(c.runtime.threads, d.runtime.threads);
+  EXPECT_EQ(c.log.level, d.log.level);
+  EXPECT_EQ(c.log.format, d.log.format);
+  EXPECT_EQ(c.log.file, d.log.file);
+  EXPECT_EQ(c.store.retention_days, d.store.retention_days);
+  EXPECT_EQ(c.store.dedupe_hours, d.store.dedupe_hours);
+  EXPECT_EQ(c.server.listen, d.server.listen);
+  EXPECT_EQ(c.server.max_body_bytes, d.server.max_body_bytes);
+  EXPECT_EQ(c.server.request_timeout_ms, d.server.request_timeout_ms);
+  EXPECT_EQ(c.server.port_file, d.server.port_file);
+  EXPECT_EQ(c.knowledge.chunk_target_chars, d.knowledge.chunk_target_chars);
+  EXPECT_EQ(c.knowledge.chunk_max_chars, d.knowledge.chunk_max_chars);
+  EXPECT_DOUBLE_EQ(c.engine.min_confidence, d.engine.min_confidence);
+  EXPECT_EQ(c.engine.max_passages, d.engine.max_passages);
+  EXPECT_EQ(c.engine.max_answer_sentences, d.engine.max_answer_sentences);
+  EXPECT_EQ(c.engine.memory_turns, d.engine.memory_turns);
+  EXPECT_EQ(c.engine.memory_chars, d.engine.memory_chars);
+  EXPECT_DOUBLE_EQ(c.policy.user_rate_per_minute, d.policy.user_rate_per_minute);
+  EXPECT_EQ(c.policy.user_burst, d.policy.user_burst);
+  EXPECT_DOUBLE_EQ(c.policy.conversation_rate_per_minute, d.policy.conversation_rate_per_minute);
+  EXPECT_EQ(c.policy.conversation_burst, d.policy.conversation_burst);
+  EXPECT_EQ(c.llm.enabled, d.llm.enabled);
+  EXPECT_EQ(c.llm.model, d.llm.model);
+  EXPECT_EQ(c.webhook.default_reply_url, d.webhook.default_reply_url);
+  EXPECT_EQ(c.webhook.max_skew_seconds, d.webhook.max_skew_seconds);
+  EXPECT_EQ(c.webhook.delivery_timeout_ms, d.webhook.delivery_timeout_ms);
+  EXPECT_EQ(c.webhook.delivery_max_attempts, d.webhook.delivery_max_attempts);
+  EXPECT_EQ(c.console.user, d.console.user);
+  // The examples.
+  EXPECT_EQ(c.server.admin_listen, "127.0.0.1:9090");
+  EXPECT_EQ(c.llm.api_key.reveal(), "k");
+  EXPECT_EQ(c.knowledge.grants.size(), 1u);
+}
+
+TEST(ShippedConfigTest, HoldsNoLiteralSecrets) {
+  const std::string text = ReadFile(ShippedPath());
+  const std::regex secret_line(R"re(^#? ?(secret|api_key|token|password) = "(.*)")re");
+  std::istringstream in(text);
+  int secrets = 0;
+  for (std::string line; std::getline(in, line);) {
+    std::smatch m;
+    if (std::regex_search(line, m, secret_line)) {
+      ++secrets;
+      EXPECT_EQ(std::string(m[2]).rfind("${", 0), 0u) << line;
+    }
+  }
+  EXPECT_GE(secrets, 2);
+}
+
+}  // namespace
+}  // namespace parley::config
