@@ -48,7 +48,10 @@ std::string RenderForTerminal(const OutboundMessage& reply) {
     for (size_t i = 0; i < reply.citations.size(); ++i) {
       const Citation& c = reply.citations[i];
       out += "\n  [" + std::to_string(i + 1) + "] " + c.title;
-      if (!c.section.empty() && c.section != c.title) out += " — " + c.section;
+      // The heading path usually starts with the title itself; show only what follows it.
+      std::string section = c.section;
+      if (section.rfind(c.title + " > ", 0) == 0) section = section.substr(c.title.size() + 3);
+      if (!section.empty() && section != c.title) out += " — " + section;
       out += " (" + (c.url.empty() ? c.source : c.url) + ")";
     }
   }

@@ -11,6 +11,7 @@
 
 #include "adapters/console/console_adapter.h"
 #include "app/commands.h"
+#include "app/logging.h"
 #include "app/runtime.h"
 #include "net/http.h"
 #include "store/kv_store.h"
@@ -322,6 +323,14 @@ int Main(int argc, char** argv) {
     return 2;
   }
   if (command == "serve") return Serve(*config);
+  // One-shot commands keep the terminal for answers: routine events are not shown.
+  config::LogConfig log = config->log;
+  if (log.level == "info") log.level = "warn";
+  Status logging = SetUpLogging(log);
+  if (!logging.ok()) {
+    std::fprintf(stderr, "parley: %s\n", logging.ToString().c_str());
+    return 2;
+  }
   if (command == "ask") return Ask(*config, positional[0], conversation, as_json);
   if (command == "chat") return Chat(*config, conversation);
   if (command == "ingest") return IngestCommand(*config);

@@ -16,6 +16,7 @@ struct Unit {
   std::string text;
   size_t paragraph = 0;
   bool is_code = false;
+  bool is_list_item = false;
 };
 
 bool IsListItem(const std::string& line) {
@@ -46,10 +47,10 @@ void SplitProse(const std::string& text, size_t paragraph, std::vector<Unit>& ou
     size_t word_start = text.rfind(' ', i);
     word_start = word_start == std::string::npos ? start : word_start + 1;
     if (kAbbreviations.count(text.substr(word_start, i + 1 - word_start)) > 0) continue;
-    out.push_back({text.substr(start, i + 1 - start), paragraph, false});
+    out.push_back({text.substr(start, i + 1 - start), paragraph, false, false});
     start = i + 2;
   }
-  if (start < text.size()) out.push_back({text.substr(start), paragraph, false});
+  if (start < text.size()) out.push_back({text.substr(start), paragraph, false, false});
 }
 
 std::vector<Unit> SplitUnits(const std::string& text) {
@@ -77,7 +78,7 @@ std::vector<Unit> SplitUnits(const std::string& text) {
     if (in_fence) {
       code += line + "\n";
       if (fence) {
-        units.push_back({code.substr(0, code.size() - 1), paragraph, true});
+        units.push_back({code.substr(0, code.size() - 1), paragraph, true, false});
         code.clear();
         in_fence = false;
         ++paragraph;
@@ -96,15 +97,21 @@ std::vector<Unit> SplitUnits(const std::string& text) {
       ++paragraph;
       continue;
     }
+    // An indented line right after a list item continues that item.
+    if (line[0] == ' ' && prose.empty() && !units.empty() && units.back().is_list_item &&
+        units.back().paragraph == paragraph) {
+      units.back().text += " " + trimmed;
+      continue;
+    }
     if (IsListItem(line) || trimmed[0] == '|' || trimmed[0] == '#') {
       flush_prose();
-      units.push_back({trimmed, paragraph, false});
+      units.push_back({trimmed, paragraph, false, IsListItem(line)});
       continue;
     }
     if (!prose.empty()) prose += ' ';
     prose += trimmed;
   }
-  if (in_fence && !code.empty()) units.push_back({code + "```", paragraph, true});
+  if (in_fence && !code.empty()) units.push_back({code + "```", paragraph, true, false});
   flush_prose();
   return units;
 }
@@ -156,10 +163,13 @@ Answer ComposeExtractiveAnswer(const std::string& question,
     if (chosen.size() >= options.max_answer_sentences) break;
     if (score <= 0 && !chosen.empty()) break;
     chosen.insert(i);
-    // A sentence that introduces a code block ("Run:") brings the block with it.
+    // A sentence that introduces a code block or a list ("Run:", "You need:") brings it along.
     const std::string& t = units[i].text;
-    if (!t.empty() && t.back() == ':' && i + 1 < units.size() && units[i + 1].is_code) {
-      chosen.insert(i + 1);
+    if (!t.empty() && t.back() == ':') {
+      if (i + 1 < units.size() && units[i + 1].is_code) chosen.insert(i + 1);
+      for (size_t j = i + 1; j < units.size() && j <= i + 8 && units[j].is_list_item; ++j) {
+        chosen.insert(j);
+      }
     }
   }
   std::string text;
@@ -169,7 +179,11 @@ Answer ComposeExtractiveAnswer(const std::string& question,
     if (!first) {
       bool same_paragraph = units[i].paragraph == units[previous].paragraph && i == previous + 1 &&
                             !units[i].is_code && !units[previous].is_code;
-      text += same_paragraph ? " " : "\n\n";
+      if (units[i].is_list_item && i == previous + 1) {
+        text += "\n";
+      } else {
+        text += same_paragraph ? " " : "\n\n";
+      }
     }
     text += units[i].text;
     previous = i;
