@@ -2,7 +2,8 @@
 
 #include <nlohmann/json.hpp>
 #include <spdlog/pattern_formatter.h>
-#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/details/file_helper.h>
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -29,7 +30,34 @@ class JsonFormatter final : public spdlog::formatter {
   }
 };
 
+// A file sink that can reopen its file (after log rotation moved it away).
+class ReopenableFileSink final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  explicit ReopenableFileSink(const std::string& path) { file_.open(path, false); }
+  void Reopen() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    file_.reopen(false);
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t formatted;
+    formatter_->format(msg, formatted);
+    file_.write(formatted);
+  }
+  void flush_() override { file_.flush(); }
+
+ private:
+  spdlog::details::file_helper file_;
+};
+
+std::shared_ptr<ReopenableFileSink> g_file_sink;
+
 }  // namespace
+
+void ReopenLogs() {
+  if (g_file_sink) g_file_sink->Reopen();
+}
 
 Status SetUpLogging(const config::LogConfig& log) {
   try {
@@ -37,7 +65,8 @@ Status SetUpLogging(const config::LogConfig& log) {
     if (log.file.empty()) {
       logger = spdlog::stderr_color_mt("parley");
     } else {
-      logger = spdlog::basic_logger_mt("parley", log.file);
+      g_file_sink = std::make_shared<ReopenableFileSink>(log.file);
+      logger = std::make_shared<spdlog::logger>("parley", g_file_sink);
     }
     if (log.format == "json") {
       logger->set_formatter(std::make_unique<JsonFormatter>());

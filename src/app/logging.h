@@ -8,4 +8,7 @@ namespace parley::app {
 
 Status SetUpLogging(const config::LogConfig& log);
 
+// Reopens the log file (SIGHUP, after rotation). No-op when logging to stderr.
+void ReopenLogs();
+
 }  // namespace parley::app

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <iostream>
@@ -49,6 +50,16 @@ void ScheduleSweep(Runtime& rt, std::shared_ptr<boost::asio::steady_timer> timer
     });
     ScheduleSweep(rt, timer);
   });
+}
+
+// This binary's path, relative to the working directory when inside it, for the banner.
+std::string SelfPath() {
+  std::error_code ec;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "parley";
+  std::filesystem::path relative = self.lexically_relative(std::filesystem::current_path(ec));
+  if (!relative.empty() && *relative.begin() != "..") return relative.string();
+  return self.string();
 }
 
 }  // namespace
@@ -207,14 +218,16 @@ int Serve(const config::Config& config) {
   const std::string base = "http://" + host_port->first + ":" + std::to_string(*port);
   spdlog::info("listening url={} local_api={} store={}", base, SocketPath(config),
                config.store.path);
+  std::string chat = SelfPath() + " chat";
+  if (config.file != "config/parley.toml") chat += " --config " + config.file;
   std::fprintf(stderr,
                "\nparley is listening on %s\n"
-               "  talk to it:   parley chat --config %s\n"
+               "  talk to it:   %s chat\n"
                "  or webhook:   curl -s %s/v1/messages -H 'Content-Type: application/json' \\\n"
                "                  -d '{\"conversation\":\"demo\",\"user\":\"me\",\"text\":\"How do "
                "I configure the webhook?\"}'%s\n"
                "  health:       %s/healthz   metrics: %s/metrics\n\n",
-               base.c_str(), config.file.c_str(), base.c_str(),
+               base.c_str(), chat.c_str(), base.c_str(),
                config.webhook.secret.empty() ? "" : "\n                (signed: see README)",
                base.c_str(), base.c_str());
 
@@ -249,7 +262,18 @@ int Serve(const config::Config& config) {
       finish();
     });
   });
+  boost::asio::signal_set hangup(rt.io, SIGHUP);
+  std::function<void()> wait_hangup = [&] {
+    hangup.async_wait([&](boost::system::error_code ec, int) {
+      if (ec) return;
+      ReopenLogs();
+      spdlog::info("log.reopened");
+      wait_hangup();
+    });
+  };
+  wait_hangup();
   finished.get_future().wait();
+  hangup.cancel();
   rt.committer->Shutdown();
   rt.StopThreads();
   rt.work.join();
