@@ -38,7 +38,10 @@ struct HttpResponse {
   std::string body;
 };
 
-// Completes one request; call exactly once, from any thread.
+// Completes one request; call exactly once, from any thread. Copies share one state: the first
+// call wins and later calls are ignored; if every copy is destroyed uncalled, the client gets a
+// 500 JSON error. Headers that would break framing (Content-Length, Transfer-Encoding,
+// Connection, Content-Type, Server, or anything containing CR/LF) are dropped from `headers`.
 using Responder = std::function<void(HttpResponse)>;
 // Handles one request. Runs on an io thread; must not block.
 using HttpHandler = std::function<void(HttpRequest, Responder)>;
@@ -49,7 +52,13 @@ struct HttpServerOptions {
   size_t max_connections = 4096;      // further connections are accepted and closed at once
 };
 
-// Thread-safety: Listen*/Stop from one thread; handlers run on io threads.
+// HTTP/1.1 with keep-alive, one request at a time per connection. Bad requests get JSON errors
+// and the connection closes: 400 malformed, 413 body over max_body_bytes, 431 header block over
+// 16 KiB, 503 for a request that finished arriving after Stop(). The handler is not called for
+// them. Every response carries Content-Type, Content-Length and "Server: parley".
+// Thread-safety: Listen*/Stop from one thread; handlers run on io threads (on the connection's
+// strand). Lifetime: destroy the server before its io_context; connections still open keep the
+// shared state (and the handler) alive until they close.
 class HttpServer {
  public:
   HttpServer(boost::asio::io_context& io, HttpServerOptions options, HttpHandler handler);
@@ -61,22 +70,31 @@ class HttpServer {
   Result<uint16_t> ListenTcp(const std::string& host, uint16_t port);
   // Binds a Unix-domain socket at path (mode 0600; an existing stale socket file is replaced).
   Status ListenUnix(const std::string& path);
-  // Stops accepting; open connections finish their current request and then close.
+  // Stops accepting; open connections finish their current request and then close. Idle
+  // connections close at once. Removes the Unix socket files this server created. Idempotent;
+  // the destructor calls it.
   void Stop();
-  // Requests whose handler has not responded yet.
+  // Requests handed to the handler whose response has not been written yet (counted down when
+  // the write completes or fails). Drain with Stop() + poll InFlight() == 0.
   size_t InFlight() const;
+  // Connections accepted since construction, including ones closed at once over max_connections.
+  uint64_t AcceptedConnections() const;
+  // Connections open now.
+  size_t OpenConnections() const;
 
  private:
   class Impl;
   std::shared_ptr<Impl> impl_;
 };
 
+// No redirects are followed, TLS peers are verified, "Expect: 100-continue" is never sent, and a
+// body is sent without Content-Type unless `headers` has one.
 struct ClientRequest {
   std::string method = "GET";
   std::string url;
   Headers headers;
   std::string body;
-  int timeout_ms = 10'000;          // whole transfer
+  int timeout_ms = 10'000;          // whole transfer; 0 = none
   int connect_timeout_ms = 3'000;
   std::string unix_socket_path;     // when set, connect here instead of the URL's host
   size_t max_response_bytes = 8 * 1024 * 1024;  // larger responses fail with ResourceExhausted
@@ -84,7 +102,7 @@ struct ClientRequest {
 
 struct ClientResponse {
   int status = 0;
-  Headers headers;
+  Headers headers;  // of the final response only (not of 1xx interim responses)
   std::string body;
 };
 
@@ -95,12 +113,19 @@ class HttpClient {
  public:
   virtual ~HttpClient() = default;
   // Transport failures (DNS, connect, timeout, reset) are Unavailable / DeadlineExceeded; any
-  // HTTP status, including 4xx/5xx, is a successful Result carrying that status.
+  // HTTP status, including 4xx/5xx, is a successful Result carrying that status. Also:
+  // InvalidArgument for a malformed request (bad URL, CR/LF in a header), ResourceExhausted when
+  // the response exceeds max_response_bytes. The callback runs once, on an io thread, never
+  // inside Request() itself (it is lost only if the io_context stops for good first).
   virtual void Request(ClientRequest request, ClientCallback callback) = 0;
 };
 
 // libcurl multi interface on the io_context (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION),
 // with connection reuse.
+// Lifetime: may be destroyed with requests in flight, from any thread (including inside one of
+// its callbacks). Their callbacks then get Unavailable("client shut down") on an io thread; if
+// the io_context stops running before that happens, they are destroyed without being called.
+// Destroy the client before its io_context.
 std::shared_ptr<HttpClient> MakeCurlHttpClient(boost::asio::io_context& io);
 
 // Runs one request to completion on a private io_context. For command-line tools only, never on a

@@ -1,1 +1,639 @@
-// placeholder: being written
+// CurlHttpClient: one libcurl multi handle driven by the io_context.
+//
+// Design:
+// - Every call into the multi handle, and every curl callback it triggers (socket, timer, open/
+//   close socket, write, header), runs on one strand, so the client's state needs no lock.
+// - Sockets curl connects with are opened by us (CURLOPT_OPENSOCKETFUNCTION) and owned by an asio
+//   posix::stream_descriptor; curl closes them through CURLOPT_CLOSESOCKETFUNCTION, which closes
+//   the descriptor. asio and curl therefore never disagree about who closes an fd. Idle
+//   connections stay open in the multi handle's connection cache and are reused.
+// - curl may also ask us to watch descriptors it did not open through us (the threaded
+//   resolver's wake-up socketpair). Those are watched through a dup() that we own and close when
+//   curl says CURL_POLL_REMOVE, so curl's own close is never disturbed.
+// - Readiness is observed with async_wait; curl does the reading and writing itself.
+// - Completion callbacks are posted to the io_context (never run inside Request() and never on
+//   the strand while curl is on the stack).
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <charconv>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
+
+#include "net/http.h"
+
+namespace parley::net {
+namespace {
+
+namespace asio = boost::asio;
+using Strand = asio::strand<asio::io_context::executor_type>;
+using ErrorCode = boost::system::error_code;
+using Descriptor = asio::posix::basic_stream_descriptor<Strand>;
+using Timer = asio::basic_waitable_timer<std::chrono::steady_clock,
+                                         asio::wait_traits<std::chrono::steady_clock>, Strand>;
+
+void GlobalInitOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+constexpr long kMaxCachedConnections = 64;
+
+bool HasLineBreak(std::string_view s) { return s.find_first_of("\r\n") != std::string_view::npos; }
+
+char AsciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+bool AsciiIEquals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (AsciiLower(a[i]) != AsciiLower(b[i])) return false;
+  }
+  return true;
+}
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() &&
+         (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+// One request from Request() to its callback. Owned by the client's transfer table while the
+// easy handle is in the multi handle.
+struct Transfer {
+  Transfer() { error[0] = '\0'; }
+  Transfer(const Transfer&) = delete;
+  Transfer& operator=(const Transfer&) = delete;
+  ~Transfer() {
+    if (easy != nullptr) curl_easy_cleanup(easy);  // after removal from the multi handle
+    if (header_list != nullptr) curl_slist_free_all(header_list);
+  }
+
+  CURL* easy = nullptr;
+  curl_slist* header_list = nullptr;
+  ClientRequest request;  // owns the URL and body curl points into
+  ClientCallback callback;
+  ClientResponse response;
+  bool too_large = false;
+  bool is_head = false;
+  char error[CURL_ERROR_SIZE];
+};
+
+// One descriptor curl asked us to watch.
+struct Watch {
+  explicit Watch(const Strand& strand) : descriptor(strand) {}
+  Descriptor descriptor;
+  curl_socket_t fd = CURL_SOCKET_BAD;  // curl's number for it
+  bool owned = false;                  // opened by OnOpenSocket; closed by OnCloseSocket
+  bool closed = false;                 // descriptor closed; late completions must not touch curl
+  int want = 0;                        // CURL_POLL_IN / CURL_POLL_OUT bits curl asked for
+  bool reading = false;                // an async_wait(wait_read) is pending
+  bool writing = false;                // an async_wait(wait_write) is pending
+};
+
+class CurlCore : public std::enable_shared_from_this<CurlCore> {
+ public:
+  explicit CurlCore(asio::io_context& io)
+      : io_(io), strand_(asio::make_strand(io)), timer_(strand_) {}
+
+  CurlCore(const CurlCore&) = delete;
+  CurlCore& operator=(const CurlCore&) = delete;
+
+  ~CurlCore() {
+    // Reached without Shutdown() only when the io_context stopped running before the client's
+    // shutdown ran: callbacks of unfinished requests are dropped (there is no io to run them).
+    tearing_down_ = true;
+    if (!shut_down_) {
+      shut_down_ = true;
+      for (auto& entry : transfers_) {
+        if (multi_ != nullptr) curl_multi_remove_handle(multi_, entry.second->easy);
+      }
+      transfers_.clear();
+      CleanupMulti();
+    }
+  }
+
+  // Creates the multi handle. Called once, before any Request.
+  void Init() {
+    GlobalInitOnce();
+    multi_ = curl_multi_init();
+    if (multi_ == nullptr) return;
+    curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &CurlCore::OnSocket);
+    curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+    curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &CurlCore::OnTimer);
+    curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
+    // Keep idle connections after a burst instead of curl's default of 4 per running transfer.
+    curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, kMaxCachedConnections);
+  }
+
+  // Any thread.
+  void Submit(ClientRequest request, ClientCallback callback) {
+    auto transfer = std::make_unique<Transfer>();
+    transfer->callback = std::move(callback);
+    Status status = Configure(*transfer, std::move(request));
+    if (!status.ok()) {
+      Deliver(std::move(transfer->callback), std::move(status));
+      return;
+    }
+    asio::post(strand_, [self = shared_from_this(), transfer = std::move(transfer)]() mutable {
+      self->Add(std::move(transfer));
+    });
+  }
+
+  // Any thread. Fails unfinished requests with Unavailable("client shut down") and closes every
+  // connection, on the strand.
+  void ShutdownAsync() {
+    try {
+      asio::post(strand_, [self = shared_from_this()] { self->Shutdown(); });
+    } catch (...) {
+      // Allocation failure: the destructor cleans up when the last handler lets go.
+    }
+  }
+
+ private:
+  Status Configure(Transfer& t, ClientRequest request) {
+    t.request = std::move(request);
+    const ClientRequest& r = t.request;
+    if (r.url.empty()) return Status::InvalidArgument("empty URL");
+    if (r.method.empty() || HasLineBreak(r.method) || r.method.find(' ') != std::string::npos) {
+      return Status::InvalidArgument("invalid HTTP method");
+    }
+    t.easy = curl_easy_init();
+    if (t.easy == nullptr) return Status::Internal("curl_easy_init failed");
+    CURL* e = t.easy;
+    bool ok = true;
+    auto set = [&ok](CURLcode code) { ok = ok && code == CURLE_OK; };
+
+    set(curl_easy_setopt(e, CURLOPT_URL, r.url.c_str()));
+    set(curl_easy_setopt(e, CURLOPT_PRIVATE, static_cast<void*>(&t)));
+    set(curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t.error));
+    set(curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L));
+    set(curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L));
+    set(curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https"));
+    set(curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(std::max(0, r.timeout_ms))));
+    set(curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                         static_cast<long>(std::max(0, r.connect_timeout_ms))));
+    set(curl_easy_setopt(e, CURLOPT_USERAGENT, "parley"));
+    set(curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlCore::OnBody));
+    set(curl_easy_setopt(e, CURLOPT_WRITEDATA, static_cast<void*>(&t)));
+    set(curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlCore::OnHeaderLine));
+    set(curl_easy_setopt(e, CURLOPT_HEADERDATA, static_cast<void*>(&t)));
+    set(curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &CurlCore::OnOpenSocket));
+    set(curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, static_cast<void*>(this)));
+    set(curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &CurlCore::OnCloseSocket));
+    set(curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, static_cast<void*>(this)));
+    if (!r.unix_socket_path.empty()) {
+      set(curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r.unix_socket_path.c_str()));
+    }
+
+    // Method and body. curl sends POSTFIELDS as the body for any method set by CUSTOMREQUEST.
+    const bool has_body = !r.body.empty();
+    if (r.method == "GET" && !has_body) {
+      set(curl_easy_setopt(e, CURLOPT_HTTPGET, 1L));
+    } else if (r.method == "HEAD") {
+      t.is_head = true;
+      set(curl_easy_setopt(e, CURLOPT_NOBODY, 1L));
+    } else {
+      if (has_body || r.method == "POST" || r.method == "PUT" || r.method == "PATCH") {
+        set(curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                             static_cast<curl_off_t>(r.body.size())));
+        set(curl_easy_setopt(e, CURLOPT_POSTFIELDS, r.body.data()));
+      }
+      if (r.method != "POST") set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method.c_str()));
+    }
+
+    bool has_content_type = false;
+    std::string line;
+    for (const auto& [name, value] : r.headers) {
+      if (name.empty() || HasLineBreak(name) || name.find(':') != std::string::npos ||
+          name.find(' ') != std::string::npos || HasLineBreak(value)) {
+        return Status::InvalidArgument("invalid request header '" + name + "'");
+      }
+      if (AsciiIEquals(name, "content-type")) has_content_type = true;
+      line.assign(name);
+      if (value.empty()) {
+        line += ';';  // curl's syntax for a header with an empty value
+      } else {
+        line += ": ";
+        line += value;
+      }
+      if (!Append(t, line.c_str())) return Status::Internal("out of memory");
+    }
+    // No "Expect: 100-continue" round trip; and no form content type curl would invent for a
+    // POST body the caller did not label.
+    if (!Append(t, "Expect:")) return Status::Internal("out of memory");
+    if (!has_content_type && !Append(t, "Content-Type:")) return Status::Internal("out of memory");
+    set(curl_easy_setopt(e, CURLOPT_HTTPHEADER, t.header_list));
+
+    if (!ok) return Status::InvalidArgument("curl rejected a request option");
+    return Status::Ok();
+  }
+
+  static bool Append(Transfer& t, const char* line) {
+    curl_slist* next = curl_slist_append(t.header_list, line);
+    if (next == nullptr) return false;
+    t.header_list = next;
+    return true;
+  }
+
+  // Strand.
+  void Add(std::unique_ptr<Transfer> transfer) {
+    if (shut_down_) {
+      Deliver(std::move(transfer->callback), Status::Unavailable("client shut down"));
+      return;
+    }
+    if (multi_ == nullptr) {
+      Deliver(std::move(transfer->callback), Status::Internal("curl_multi_init failed"));
+      return;
+    }
+    Transfer* raw = transfer.get();
+    transfers_.emplace(raw, std::move(transfer));
+    const CURLMcode code = curl_multi_add_handle(multi_, raw->easy);
+    if (code != CURLM_OK) {
+      auto owned = std::move(transfers_[raw]);
+      transfers_.erase(raw);
+      Deliver(std::move(owned->callback),
+              Status::Internal(std::string("curl_multi_add_handle: ") + curl_multi_strerror(code)));
+    }
+  }
+
+  // Strand.
+  void Shutdown() {
+    if (shut_down_) return;
+    shut_down_ = true;
+    tearing_down_ = true;
+    for (auto& entry : transfers_) {
+      Transfer& t = *entry.second;
+      curl_multi_remove_handle(multi_, t.easy);
+      Deliver(std::move(t.callback), Status::Unavailable("client shut down"));
+    }
+    transfers_.clear();
+    CleanupMulti();
+  }
+
+  // Strand (or the destructor). Closes every connection and descriptor.
+  void CleanupMulti() {
+    tearing_down_ = true;
+    if (multi_ != nullptr) {
+      curl_multi_cleanup(multi_);  // closes cached connections through OnCloseSocket
+      multi_ = nullptr;
+    }
+    timer_.cancel();
+    for (auto& entry : watches_) {
+      Watch& w = *entry.second;
+      w.closed = true;
+      ErrorCode ec;
+      w.descriptor.close(ec);
+    }
+    watches_.clear();
+  }
+
+  static void Deliver(ClientCallback callback, Result<ClientResponse> result,
+                      asio::io_context& io) {
+    if (!callback) return;
+    asio::post(io, [callback = std::move(callback), result = std::move(result)]() mutable {
+      try {
+        callback(std::move(result));
+      } catch (...) {
+        // A throwing callback must not unwind through the io_context.
+      }
+    });
+  }
+  void Deliver(ClientCallback callback, Result<ClientResponse> result) {
+    try {
+      Deliver(std::move(callback), std::move(result), io_);
+    } catch (...) {
+      // Allocation failure while posting: the callback is dropped.
+    }
+  }
+
+  // Strand.
+  void SocketAction(curl_socket_t fd, int flags) {
+    int running = 0;
+    curl_multi_socket_action(multi_, fd, flags, &running);
+    DrainMessages();
+  }
+
+  // Strand.
+  void DrainMessages() {
+    int left = 0;
+    while (multi_ != nullptr) {
+      CURLMsg* msg = curl_multi_info_read(multi_, &left);
+      if (msg == nullptr) break;
+      if (msg->msg != CURLMSG_DONE) continue;
+      CURL* easy = msg->easy_handle;
+      const CURLcode code = msg->data.result;  // msg is invalid after remove_handle
+      Finish(easy, code);
+    }
+  }
+
+  // Strand.
+  void Finish(CURL* easy, CURLcode code) {
+    char* priv = nullptr;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
+    auto* raw = reinterpret_cast<Transfer*>(priv);
+    curl_multi_remove_handle(multi_, easy);
+    auto it = transfers_.find(raw);
+    if (it == transfers_.end()) return;  // not ours: cannot happen
+    std::unique_ptr<Transfer> t = std::move(it->second);
+    transfers_.erase(it);
+    Result<ClientResponse> result = MakeResult(*t, code);
+    ClientCallback callback = std::move(t->callback);
+    t.reset();  // curl_easy_cleanup; the connection stays in the multi handle's cache
+    Deliver(std::move(callback), std::move(result));
+  }
+
+  static Result<ClientResponse> MakeResult(Transfer& t, CURLcode code) {
+    if (code == CURLE_OK) {
+      long status = 0;
+      curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
+      t.response.status = static_cast<int>(status);
+      return std::move(t.response);
+    }
+    if (t.too_large) {
+      return Status::ResourceExhausted("response from " + t.request.url + " exceeds " +
+                                       std::to_string(t.request.max_response_bytes) + " bytes");
+    }
+    std::string message = curl_easy_strerror(code);
+    if (t.error[0] != '\0') {
+      message += ": ";
+      message += t.error;
+    }
+    switch (code) {
+      case CURLE_OPERATION_TIMEDOUT:
+        return Status::DeadlineExceeded(std::move(message));
+      case CURLE_URL_MALFORMAT:
+      case CURLE_UNSUPPORTED_PROTOCOL:
+      case CURLE_BAD_FUNCTION_ARGUMENT:
+        return Status::InvalidArgument(std::move(message));
+      case CURLE_FILESIZE_EXCEEDED:
+        return Status::ResourceExhausted(std::move(message));
+      default:
+        return Status::Unavailable(std::move(message));
+    }
+  }
+
+  // --- curl callbacks; all run on the strand, inside a multi call. ---
+
+  static int OnSocket(CURL* /*easy*/, curl_socket_t fd, int what, void* userp, void* /*socketp*/) {
+    auto* self = static_cast<CurlCore*>(userp);
+    try {
+      self->UpdateWatch(fd, what);
+    } catch (...) {
+      // Cannot watch: the transfer ends at its timeout.
+    }
+    return 0;
+  }
+
+  void UpdateWatch(curl_socket_t fd, int what) {
+    auto it = watches_.find(fd);
+    if (what == CURL_POLL_REMOVE) {
+      if (it == watches_.end()) return;
+      Watch& w = *it->second;
+      w.want = 0;
+      ErrorCode ec;
+      if (!w.owned) {  // our dup: done with it
+        w.closed = true;
+        w.descriptor.close(ec);
+        watches_.erase(it);
+      } else if (w.reading || w.writing) {
+        w.descriptor.cancel(ec);  // idle cached connection: no waits left behind
+      }
+      return;
+    }
+    if (tearing_down_) return;
+    std::shared_ptr<Watch> w;
+    if (it != watches_.end()) {
+      w = it->second;
+    } else {
+      // Not opened through us (e.g. the resolver's socketpair): watch a duplicate we own.
+      const int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (dup_fd < 0) return;
+      w = std::make_shared<Watch>(strand_);
+      ErrorCode ec;
+      w->descriptor.assign(dup_fd, ec);
+      if (ec) {
+        ::close(dup_fd);
+        return;
+      }
+      w->fd = fd;
+      watches_.emplace(fd, w);
+    }
+    w->want = what & (CURL_POLL_IN | CURL_POLL_OUT);
+    if (w->want & CURL_POLL_IN) Arm(w, /*read=*/true);
+    if (w->want & CURL_POLL_OUT) Arm(w, /*read=*/false);
+  }
+
+  void Arm(const std::shared_ptr<Watch>& w, bool read) {
+    bool& pending = read ? w->reading : w->writing;
+    if (pending || w->closed) return;
+    pending = true;
+    w->descriptor.async_wait(
+        read ? Descriptor::wait_read : Descriptor::wait_write,
+        [self = shared_from_this(), w, read](ErrorCode ec) { self->OnReady(w, read, ec); });
+  }
+
+  void OnReady(const std::shared_ptr<Watch>& w, bool read, ErrorCode ec) {
+    (read ? w->reading : w->writing) = false;
+    if (w->closed || multi_ == nullptr || tearing_down_) return;
+    const int bit = read ? CURL_POLL_IN : CURL_POLL_OUT;
+    if ((w->want & bit) == 0) return;  // curl lost interest meanwhile
+    try {
+      if (ec != asio::error::operation_aborted) {
+        int flags = read ? CURL_CSELECT_IN : CURL_CSELECT_OUT;
+        if (ec) flags |= CURL_CSELECT_ERR;
+        SocketAction(w->fd, flags);
+      }
+      // Aborted by a cancel after CURL_POLL_REMOVE, and curl wants the socket again: re-arm.
+      if (!w->closed && !tearing_down_ && (w->want & bit) != 0) Arm(w, read);
+    } catch (...) {
+      // Allocation failure: the transfer ends at its timeout.
+    }
+  }
+
+  static int OnTimer(CURLM* /*multi*/, long timeout_ms, void* userp) {
+    auto* self = static_cast<CurlCore*>(userp);
+    if (self->tearing_down_) return 0;
+    try {
+      if (timeout_ms < 0) {
+        self->timer_.cancel();
+        return 0;
+      }
+      // Even a 0 ms timeout goes through the timer: curl must not be re-entered from here.
+      self->timer_.expires_after(std::chrono::milliseconds(timeout_ms));
+      self->timer_.async_wait([self = self->shared_from_this()](ErrorCode ec) {
+        if (ec || self->multi_ == nullptr || self->tearing_down_) return;
+        try {
+          self->SocketAction(CURL_SOCKET_TIMEOUT, 0);
+        } catch (...) {
+        }
+      });
+    } catch (...) {
+      return -1;
+    }
+    return 0;
+  }
+
+  static curl_socket_t OnOpenSocket(void* clientp, curlsocktype purpose, curl_sockaddr* address) {
+    auto* self = static_cast<CurlCore*>(clientp);
+    if (purpose != CURLSOCKTYPE_IPCXN || self->tearing_down_) return CURL_SOCKET_BAD;
+    const int fd = ::socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+    if (fd < 0) return CURL_SOCKET_BAD;
+    try {
+      auto w = std::make_shared<Watch>(self->strand_);
+      ErrorCode ec;
+      w->descriptor.assign(fd, ec);
+      if (ec) {
+        ::close(fd);
+        return CURL_SOCKET_BAD;
+      }
+      w->fd = fd;
+      w->owned = true;
+      auto [it, inserted] = self->watches_.emplace(fd, w);
+      if (!inserted) {  // a leftover dup under a reused number: retire it
+        it->second->closed = true;
+        it->second->descriptor.close(ec);
+        it->second = std::move(w);
+      }
+      return fd;
+    } catch (...) {
+      ::close(fd);
+      return CURL_SOCKET_BAD;
+    }
+  }
+
+  static int OnCloseSocket(void* clientp, curl_socket_t fd) {
+    auto* self = static_cast<CurlCore*>(clientp);
+    auto it = self->watches_.find(fd);
+    if (it == self->watches_.end() || !it->second->owned) return ::close(fd);
+    Watch& w = *it->second;
+    w.closed = true;
+    ErrorCode ec;
+    w.descriptor.close(ec);  // closes fd and aborts pending waits
+    self->watches_.erase(it);
+    return 0;
+  }
+
+  static size_t OnBody(char* data, size_t size, size_t count, void* userp) {
+    auto* t = static_cast<Transfer*>(userp);
+    const size_t n = size * count;
+    if (t->response.body.size() + n > t->request.max_response_bytes) {
+      t->too_large = true;
+      return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
+    }
+    try {
+      t->response.body.append(data, n);
+    } catch (...) {
+      return 0;
+    }
+    return n;
+  }
+
+  static size_t OnHeaderLine(char* data, size_t size, size_t count, void* userp) {
+    auto* t = static_cast<Transfer*>(userp);
+    const size_t n = size * count;
+    try {
+      std::string_view line(data, n);
+      if (line.substr(0, 5) == "HTTP/") {
+        // A new response (after 1xx, or a redirect we do not follow): keep only the last one's.
+        t->response.headers.clear();
+        return n;
+      }
+      Headers& headers = t->response.headers;
+      if (!line.empty() && (line.front() == ' ' || line.front() == '\t')) {
+        // Obsolete line folding: continues the previous header's value.
+        const std::string_view more = Trim(line);
+        if (!headers.empty() && !more.empty()) {
+          headers.back().second += ' ';
+          headers.back().second.append(more.data(), more.size());
+        }
+        return n;
+      }
+      const size_t colon = line.find(':');
+      if (colon == std::string_view::npos) return n;  // the blank line, or garbage
+      const std::string_view name = Trim(line.substr(0, colon));
+      const std::string_view value = Trim(line.substr(colon + 1));
+      if (!t->is_head && AsciiIEquals(name, "content-length")) {
+        uint64_t length = 0;
+        auto [end, err] = std::from_chars(value.data(), value.data() + value.size(), length);
+        if (err == std::errc() && end == value.data() + value.size()) {
+          if (length > t->request.max_response_bytes) {
+            t->too_large = true;
+            return 0;  // fail before reading the body
+          }
+          t->response.body.reserve(static_cast<size_t>(length));
+        }
+      }
+      headers.emplace_back(std::string(name), std::string(value));
+    } catch (...) {
+      return 0;
+    }
+    return n;
+  }
+
+  asio::io_context& io_;
+  Strand strand_;
+  Timer timer_;
+  CURLM* multi_ = nullptr;
+  // Strand only:
+  std::unordered_map<curl_socket_t, std::shared_ptr<Watch>> watches_;
+  std::unordered_map<Transfer*, std::unique_ptr<Transfer>> transfers_;
+  bool shut_down_ = false;     // no more transfers are accepted
+  bool tearing_down_ = false;  // no new waits or sockets; the multi handle is going away
+};
+
+class CurlHttpClient final : public HttpClient {
+ public:
+  explicit CurlHttpClient(std::shared_ptr<CurlCore> core) : core_(std::move(core)) {}
+  ~CurlHttpClient() override { core_->ShutdownAsync(); }
+
+  void Request(ClientRequest request, ClientCallback callback) override {
+    core_->Submit(std::move(request), std::move(callback));
+  }
+
+ private:
+  std::shared_ptr<CurlCore> core_;
+};
+
+}  // namespace
+
+std::shared_ptr<HttpClient> MakeCurlHttpClient(boost::asio::io_context& io) {
+  auto core = std::make_shared<CurlCore>(io);
+  core->Init();
+  return std::make_shared<CurlHttpClient>(std::move(core));
+}
+
+Result<ClientResponse> BlockingRequest(ClientRequest request) {
+  asio::io_context io(1);
+  std::optional<Result<ClientResponse>> outcome;
+  {
+    auto client = MakeCurlHttpClient(io);
+    // The callback does not outlive this function: io runs only here.
+    client->Request(std::move(request), [&outcome](Result<ClientResponse> result) {
+      outcome.emplace(std::move(result));
+    });
+    while (!outcome && io.run_one() > 0) {
+    }
+  }  // the client's destructor posts its shutdown; run it so every connection is closed
+  io.restart();
+  io.run();
+  if (!outcome) return Status::Internal("request did not complete");
+  return std::move(*outcome);
+}
+
+}  // namespace parley::net
