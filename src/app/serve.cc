@@ -222,7 +222,7 @@ int Serve(const config::Config& config) {
   if (config.file != "config/parley.toml") chat += " --config " + config.file;
   std::fprintf(stderr,
                "\nparley is listening on %s\n"
-               "  talk to it:   %s chat\n"
+               "  talk to it:   %s\n"
                "  or webhook:   curl -s %s/v1/messages -H 'Content-Type: application/json' \\\n"
                "                  -d '{\"conversation\":\"demo\",\"user\":\"me\",\"text\":\"How do "
                "I configure the webhook?\"}'%s\n"

@@ -26,7 +26,7 @@ class CliTest : public ::testing::Test {
     config_ = dir_.Sub("parley.toml");
     std::ofstream(config_) << "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \""
                            << dir_.Sub("store") << "\"\n[[knowledge.sources]]\npath = \""
-                           << dir_.Sub("kb") << "\"\n[log]\nlevel = \"warn\"\n";
+                           << dir_.Sub("kb") << "\"\n[webhook]\nenabled = false\n[log]\nlevel = \"warn\"\n";
   }
   CommandResult Parley(std::vector<std::string> args, const std::string& input = "") {
     args.push_back("--config");

@@ -113,7 +113,7 @@ class RouterTest : public ::testing::Test {
 };
 
 TEST_F(RouterTest, AnswersAndRecordsTheTurn) {
-  ASSERT_TRUE(Submit(Message("c1", "u1", "how long do refunds take?", "e1")).status.ok());
+  ASSERT_TRUE(Submit(Message("c1", "u1", "when are refunds paid?", "e1")).status.ok());
   ASSERT_TRUE(sink_.WaitFor(1));
   OutboundMessage reply = sink_.replies()[0];
   EXPECT_EQ(reply.in_reply_to, "e1");
