@@ -39,6 +39,17 @@ int64_t ParseRetryAfterMs(const net::Headers& headers) {
   return std::min<long long>(seconds, 3600) * 1000;
 }
 
+// The callback body for an outbox payload (an OutboundMessage as JSON):
+// {"id","conversation","thread","text","citations","confidence","escalated","in_reply_to"?}.
+std::string CallbackBody(const std::string& payload) {
+  json stored = json::parse(payload, nullptr, false);
+  if (!stored.is_object()) return payload;  // not ours to reinterpret; send as stored
+  OutboundMessage message = stored.get<OutboundMessage>();
+  json body = adapters::ReplyJson(message);
+  if (!message.in_reply_to.empty()) body["in_reply_to"] = message.in_reply_to;
+  return body.dump();
+}
+
 }  // namespace
 
 std::string Sign(const std::string& secret, const std::string& timestamp, const std::string& body) {
@@ -273,9 +284,7 @@ void WebhookAdapter::Send(OutboundMessage message, DeliveryCallback done) {
   entry.id = message.id;
   entry.platform = kPlatform;
   entry.target = message.reply_route;
-  json payload = adapters::ReplyJson(message);
-  if (!message.in_reply_to.empty()) payload["in_reply_to"] = message.in_reply_to;
-  entry.payload = payload.dump();
+  entry.payload = json(message).dump();  // the outbox keeps the message; Deliver renders it
   entry.created_ms = clock_.NowMs();
   if (!entry.target.empty()) {
     // The router recorded this delivery in the outbox with the turn; deliver it.
@@ -322,7 +331,7 @@ void WebhookAdapter::Deliver(store::OutboxEntry entry) {
   net::ClientRequest request;
   request.method = "POST";
   request.url = entry.target;
-  request.body = entry.payload;
+  request.body = CallbackBody(entry.payload);
   request.timeout_ms = config_.delivery_timeout_ms;
   request.headers.emplace_back("Content-Type", "application/json");
   request.headers.emplace_back("X-Parley-Delivery", entry.id);
@@ -330,7 +339,7 @@ void WebhookAdapter::Deliver(store::OutboxEntry entry) {
     const std::string ts = std::to_string(clock_.NowSeconds());
     request.headers.emplace_back("X-Parley-Timestamp", ts);
     request.headers.emplace_back("X-Parley-Signature",
-                                 Sign(config_.secret.reveal(), ts, entry.payload));
+                                 Sign(config_.secret.reveal(), ts, request.body));
   }
   auto self = shared_from_this();
   http_->Request(std::move(request), [self, entry](Result<net::ClientResponse> result) mutable {

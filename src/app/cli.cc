@@ -200,6 +200,28 @@ int IngestCommand(const config::Config& config) {
   return report->errors.empty() ? 0 : 1;
 }
 
+int Say(const config::Config& config, const std::string& platform,
+        const std::string& conversation, const std::string& thread, const std::string& text) {
+  bool daemon = false;
+  auto rt = OpenInProcess(config, daemon);
+  if (!daemon) {
+    if (rt) std::fprintf(stderr, "parley: say needs a running daemon on this store\n");
+    return 1;
+  }
+  auto answer = CallDaemon(config, "/v1/local/say",
+                           json{{"platform", platform},
+                                {"conversation", conversation},
+                                {"thread", thread},
+                                {"text", text}},
+                           10'000);
+  if (!answer.ok()) {
+    std::fprintf(stderr, "parley: %s\n", answer.status().message().c_str());
+    return 1;
+  }
+  std::cout << "queued " << answer->value("id", "") << std::endl;
+  return 0;
+}
+
 int CheckConfig(const config::Config& config) {
   std::cout << "config OK: " << config.file << "\n"
             << "  listen " << config.server.listen << ", store " << config.store.path << ", "
@@ -224,6 +246,7 @@ constexpr char kUsage[] =
     "  chat           talk to the bot in this terminal\n"
     "  ingest         (re)build the knowledge index and print what was indexed\n"
     "  check-config   validate the configuration and exit\n"
+    "  say TEXT       have the running daemon write first in a conversation\n"
     "  version        print the version\n"
     "\n"
     "Every command takes --config FILE (default: $PARLEY_CONFIG, else config/parley.toml)\n"
@@ -253,6 +276,11 @@ const std::map<std::string, std::string>& CommandHelp() {
       {"check-config",
        "usage: parley check-config [--config FILE]\n\nValidates the configuration; prints every "
        "problem with file, line and key and\nexits 2, or prints a summary and exits 0.\n"},
+      {"say",
+       "usage: parley say \"TEXT\" --conversation ID [--platform NAME] [--thread ID] "
+       "[--config FILE]\n\nHas the running daemon send TEXT as the bot into a conversation "
+       "(default platform:\nwebhook, which POSTs it to the conversation's latest reply_url, else "
+       "to\nwebhook.default_reply_url). Needs a running daemon.\n"},
       {"version", "usage: parley version\n"},
   };
   return help;
@@ -280,6 +308,8 @@ int Main(int argc, char** argv) {
   const char* env_config = std::getenv("PARLEY_CONFIG");
   std::string config_path = env_config && *env_config ? env_config : "config/parley.toml";
   std::string conversation = "terminal";
+  std::string platform = "webhook", thread;
+  bool conversation_given = false;
   bool as_json = false;
   std::vector<std::string> positional;
   for (size_t i = 1; i < args.size(); ++i) {
@@ -296,10 +326,16 @@ int Main(int argc, char** argv) {
       if (!value(config_path)) return UsageError("--config needs a file", command);
     } else if (a.rfind("--config=", 0) == 0) {
       config_path = a.substr(9);
-    } else if (a == "--conversation" && (command == "ask" || command == "chat")) {
+    } else if (a == "--platform" && command == "say") {
+      if (!value(platform) || platform.empty()) return UsageError("--platform needs a name", command);
+    } else if (a == "--thread" && command == "say") {
+      if (!value(thread)) return UsageError("--thread needs an id", command);
+    } else if (a == "--conversation" &&
+               (command == "ask" || command == "chat" || command == "say")) {
       if (!value(conversation) || conversation.empty()) {
         return UsageError("--conversation needs an id", command);
       }
+      conversation_given = true;
     } else if (a == "--json" && command == "ask") {
       as_json = true;
     } else if (a.rfind("--", 0) == 0 && a.size() > 2) {
@@ -312,10 +348,14 @@ int Main(int argc, char** argv) {
     std::printf("parley %s\n", kVersion);
     return 0;
   }
-  if (command == "ask" ? positional.size() != 1 : !positional.empty()) {
-    return UsageError(command == "ask" ? "ask takes exactly one question (quote it)"
-                                       : "unexpected argument " + positional[0],
+  const bool takes_text = command == "ask" || command == "say";
+  if (takes_text ? positional.size() != 1 : !positional.empty()) {
+    return UsageError(takes_text ? command + " takes exactly one text argument (quote it)"
+                                 : "unexpected argument " + positional[0],
                       command);
+  }
+  if (command == "say" && !conversation_given) {
+    return UsageError("say needs --conversation", command);
   }
   auto config = config::LoadConfig(config_path);
   if (!config.ok()) {
@@ -334,6 +374,7 @@ int Main(int argc, char** argv) {
   if (command == "ask") return Ask(*config, positional[0], conversation, as_json);
   if (command == "chat") return Chat(*config, conversation);
   if (command == "ingest") return IngestCommand(*config);
+  if (command == "say") return Say(*config, platform, conversation, thread, positional[0]);
   return CheckConfig(*config);
 }
 

@@ -15,6 +15,8 @@ int Ask(const config::Config& config, const std::string& question,
 int Chat(const config::Config& config, const std::string& conversation);
 int IngestCommand(const config::Config& config);
 int CheckConfig(const config::Config& config);
+int Say(const config::Config& config, const std::string& platform,
+        const std::string& conversation, const std::string& thread, const std::string& text);
 
 // Parses argv and dispatches.
 int Main(int argc, char** argv);

@@ -20,6 +20,7 @@
 #include "app/commands.h"
 #include "app/logging.h"
 #include "app/runtime.h"
+#include "core/ids.h"
 #include "net/http.h"
 #include "store/records.h"
 
@@ -146,6 +147,30 @@ int Serve(const config::Config& config) {
     }
     if (!ready.load()) {
       return respond(JsonError(503, "unavailable", "starting: the knowledge index is loading"));
+    }
+    if (req.path == "/v1/local/say") {
+      // The bot speaks first in a conversation (operators; later the escalation desk).
+      json body = json::parse(req.body, nullptr, false);
+      if (req.method != "POST") return respond(JsonError(405, "method_not_allowed", "use POST"));
+      if (!body.is_object() || !body.contains("conversation") || !body.contains("text") ||
+          !body["conversation"].is_string() || !body["text"].is_string() ||
+          body["text"].get<std::string>().empty()) {
+        return respond(JsonError(422, "invalid_fields",
+                                 "conversation and text must be non-empty strings"));
+      }
+      OutboundMessage message;
+      message.id = NewId();
+      message.conversation = ConversationKey{body.value("platform", "webhook"),
+                                             body["conversation"].get<std::string>(),
+                                             body.value("thread", "")};
+      message.text = body["text"].get<std::string>();
+      auto shared = std::make_shared<net::Responder>(std::move(respond));
+      const std::string id = message.id;
+      rt.replies.Send(std::move(message), [shared, id](Status status) {
+        if (!status.ok()) return (*shared)(JsonError(409, "not_sent", status.message()));
+        (*shared)(Json(200, {{"id", id}, {"status", "queued"}}));
+      });
+      return;
     }
     if (console.HandleLocal(req, respond)) return;
     respond(JsonError(404, "not_found", "no such path: " + req.path));

@@ -255,6 +255,36 @@ TEST_F(WebhookE2eTest, ReplyUrlGetsSignedDeliveryWithRetries) {
   for (const auto& r : all) EXPECT_EQ(net::FindHeader(r.headers, "x-parley-delivery"), reply["id"]);
 }
 
+TEST_F(WebhookE2eTest, BotSpeaksFirstToTheLatestReplyUrl) {
+  CallbackServer callback;
+  auto [status, body] = Send({{"conversation", "c-first"},
+                              {"user", "u-first"},
+                              {"text", "refunds?"},
+                              {"reply_url", callback.Url("/first")}});
+  ASSERT_EQ(status, 202);
+  ASSERT_TRUE(callback.WaitDelivered(1, 20'000));
+  std::map<std::string, std::string> env{{"E2E_SECRET", kSecret}};
+  auto said = RunParley({"say", "An agent will join shortly.", "--conversation", "c-first",
+                         "--config", config_},
+                        "", 60'000, env);
+  ASSERT_EQ(said.exit_code, 0) << said.err;
+  ASSERT_TRUE(callback.WaitDelivered(2, 20'000)) << daemon_->Log();
+  auto d = callback.Delivered()[1];
+  EXPECT_EQ(d.path, "/first");
+  json message = json::parse(d.body);
+  EXPECT_EQ(message["text"], "An agent will join shortly.");
+  EXPECT_EQ(message["conversation"], "c-first");
+  EXPECT_FALSE(message.contains("in_reply_to"));
+  std::string ts = net::FindHeader(d.headers, "x-parley-timestamp");
+  EXPECT_EQ(net::FindHeader(d.headers, "x-parley-signature"), Signature(ts, d.body));
+
+  // A conversation with no reply_url and no default_reply_url: a clear refusal.
+  auto nowhere = RunParley({"say", "hello?", "--conversation", "c-never-seen", "--config", config_},
+                           "", 60'000, env);
+  EXPECT_EQ(nowhere.exit_code, 1);
+  EXPECT_NE(nowhere.err.find("default_reply_url"), std::string::npos) << nowhere.err;
+}
+
 TEST_F(WebhookE2eTest, RestartKeepsMemory) {
   Ask("c-mem", "u-mem", "how do refunds work?");
   EXPECT_EQ(daemon_->Terminate(), 0) << daemon_->Log();
@@ -300,6 +330,9 @@ TEST_F(WebhookE2eTest, PendingDeliverySurvivesRestart) {
   ASSERT_TRUE(callback->WaitDelivered(1, 20'000)) << daemon_->Log();
   json reply = json::parse(callback->Delivered()[0].body);
   EXPECT_EQ(reply["in_reply_to"], body["id"]);
+  EXPECT_EQ(reply["conversation"], "c-owed");
+  EXPECT_NE(reply["text"].get<std::string>().find("fourteen days"), std::string::npos);
+  EXPECT_FALSE(reply.contains("reply_route"));  // the wire shape, not the stored one
 }
 
 TEST_F(WebhookE2eTest, AcceptedMessageSurvivesSigkill) {
@@ -324,6 +357,7 @@ TEST_F(WebhookE2eTest, AcceptedMessageSurvivesSigkill) {
     auto delivered = callback.Delivered();
     for (const auto& d : delivered) {
       json reply = json::parse(d.body);
+      EXPECT_EQ(reply["conversation"].get<std::string>().rfind("c-kill-", 0), 0u) << d.body;
       ids_by_message[reply["in_reply_to"].get<std::string>()].insert(
           net::FindHeader(d.headers, "x-parley-delivery"));
     }
