@@ -50,6 +50,13 @@ std::string CallbackBody(const std::string& payload) {
   return body.dump();
 }
 
+// The turn id recorded with an outbox payload, for log lines; "-" when none.
+std::string TurnOf(const std::string& payload) {
+  json stored = json::parse(payload, nullptr, false);
+  std::string turn = stored.is_object() ? stored.value("turn_id", "") : "";
+  return turn.empty() ? "-" : turn;
+}
+
 }  // namespace
 
 std::string Sign(const std::string& secret, const std::string& timestamp, const std::string& body) {
@@ -350,8 +357,8 @@ void WebhookAdapter::Deliver(store::OutboxEntry entry) {
       const int status = result->status;
       if (status >= 200 && status < 300) {
         self->delivered_.Add();
-        spdlog::info("webhook.delivered id={} status={} attempts={}", entry.id, status,
-                     entry.attempts);
+        spdlog::info("webhook.delivered turn={} id={} status={} attempts={}",
+                     TurnOf(entry.payload), entry.id, status, entry.attempts);
         return self->DeliveryDone(entry, /*remove=*/true);
       }
       entry.last_error = "HTTP " + std::to_string(status);
@@ -362,15 +369,15 @@ void WebhookAdapter::Deliver(store::OutboxEntry entry) {
     }
     if (permanent || entry.attempts >= self->config_.delivery_max_attempts) {
       self->delivery_failures_.Add();
-      spdlog::error("webhook.delivery.dropped id={} attempts={} error=\"{}\"", entry.id,
-                    entry.attempts, entry.last_error);
+      spdlog::error("webhook.delivery.dropped turn={} id={} attempts={} error=\"{}\"",
+                    TurnOf(entry.payload), entry.id, entry.attempts, entry.last_error);
       return self->DeliveryDone(entry, /*remove=*/true);
     }
     int64_t delay = std::max(retry_after_ms,
                              net::BackoffDelayMs(net::BackoffPolicy{500, 60'000}, entry.attempts - 1));
     entry.next_attempt_ms = self->clock_.NowMs() + delay;
-    spdlog::warn("webhook.delivery.retry id={} attempt={} in_ms={} error=\"{}\"", entry.id,
-                 entry.attempts, delay, entry.last_error);
+    spdlog::warn("webhook.delivery.retry turn={} id={} attempt={} in_ms={} error=\"{}\"",
+                 TurnOf(entry.payload), entry.id, entry.attempts, delay, entry.last_error);
     store::WriteBatch batch;
     self->outbox_.Put(batch, entry);
     self->committer_.Submit(std::move(batch), nullptr);
