@@ -61,7 +61,7 @@ TEST_F(CliTest, SecondAskWithSameConversationIsAFollowUp) {
 }
 
 TEST_F(CliTest, ChatAnswersAndForgets) {
-  auto r = Parley({"chat"}, "how long do refunds take?\n/forget\n/bogus\n/quit\n");
+  auto r = Parley({"chat"}, "when are refunds paid back?\n/forget\n/bogus\n/quit\n");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("fourteen days"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("Forgotten: 2 turns."), std::string::npos) << r.out;
