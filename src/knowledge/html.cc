@@ -138,6 +138,7 @@ struct Element {
   std::string id;
   Role role = Role::kNone;
   bool heading_seen = false;  // a heading has started inside this element
+  bool admonition = false;    // a note/tip/warning box: its heading is a label, not a section
 };
 
 class HtmlReader {
@@ -345,6 +346,13 @@ class HtmlReader {
     return false;
   }
 
+  // DocBook/Sphinx/GitHub-style callout boxes.
+  static bool IsAdmonition(std::string_view name, const std::vector<Attribute>& attrs) {
+    return (name == "div" || name == "aside" || name == "section" || name == "blockquote") &&
+           HasClassToken(attrs, {"note", "tip", "warning", "caution", "important", "admonition",
+                                 "attention", "danger", "hint", "callout", "alert"});
+  }
+
   bool ShouldSkip(std::string_view name, const std::vector<Attribute>& attrs) const {
     if (OneOf(name, {"nav", "aside", "noscript", "template", "svg", "button", "select", "object",
                      "canvas", "datalist", "map"})) {
@@ -399,6 +407,10 @@ class HtmlReader {
     Element e;
     e.name = name;
     if (const std::string* id = FindAttribute(attrs, "id")) e.id = *id;
+    if (skip_depth_ == 0 && IsAdmonition(name, attrs)) {
+      e.admonition = true;
+      ++admonition_depth_;
+    }
     if (skip_depth_ > 0) {
       e.role = Role::kNone;  // inside a skipped region: tracked for matching only
     } else if (ShouldSkip(name, attrs)) {
@@ -432,6 +444,12 @@ class HtmlReader {
   Role Open(const std::string& name, const std::vector<Attribute>& attrs) {
     if (int level = HeadingLevel(name); level > 0) {
       if (heading_level_ > 0 || row_depth_ > 0) return Role::kNone;  // treated as inline text
+      if (admonition_depth_ > 0) {
+        // "Note", "Warning": a label inside the box; the text after the box still belongs to
+        // the enclosing section.
+        FlushBuffer();
+        return Role::kBlock;
+      }
       FlushBuffer();
       heading_level_ = level;
       heading_text_.clear();
@@ -537,6 +555,7 @@ class HtmlReader {
   }
 
   void Close(const Element& e) {
+    if (e.admonition) --admonition_depth_;
     switch (e.role) {
       case Role::kNone:
         return;
@@ -755,6 +774,7 @@ class HtmlReader {
   std::string title_;
   std::string first_h1_;
   int skip_depth_ = 0;
+  int admonition_depth_ = 0;
 
   std::string buffer_;  // inline text of the current paragraph / list item
   int list_depth_ = 0;

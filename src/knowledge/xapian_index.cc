@@ -41,7 +41,7 @@ namespace {
 using nlohmann::json;
 
 // Bump when chunking or the document layout changes: every file is then re-indexed once.
-constexpr char kFormatVersion[] = "parley-knowledge-1";
+constexpr char kFormatVersion[] = "parley-knowledge-2";
 constexpr char kFormatKey[] = "parley:format";
 constexpr char kFileKeyPrefix[] = "file:";
 constexpr char kPublicTerm[] = "XP";

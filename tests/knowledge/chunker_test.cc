@@ -50,7 +50,7 @@ TEST(ChunkerTest, HeadingPathsAnchorsAndTitle) {
             (std::vector<std::string>{"Install Guide", "On Linux", "Debian & Ubuntu"}));
   EXPECT_EQ(chunks[2].anchor, "debian--ubuntu");
   EXPECT_EQ(chunks[3].Section(), "Install Guide > On Windows");  // closing #s removed
-  EXPECT_EQ(chunks[4].anchor, "on-linux-1");                       // duplicate slug
+  EXPECT_EQ(chunks[4].anchor, "on-linux-1");                     // duplicate slug
   EXPECT_EQ(chunks[5].Section(), "Install Guide > Setext heading");
   EXPECT_EQ(chunks[6].anchor, "my-anchor");
   EXPECT_EQ(chunks[6].Section(), "Install Guide > Custom anchor");
@@ -191,8 +191,8 @@ TEST(ChunkerTest, UnbreakableTextIsHardSplitAtMax) {
 TEST(ChunkerTest, ChunksNeverSpanSections) {
   std::string md;
   for (int s = 0; s < 12; ++s) {
-    md += "## Section " + std::to_string(s) + "\n\n" + Paragraph(2, "s" + std::to_string(s)) +
-          "\n\n";
+    md +=
+        "## Section " + std::to_string(s) + "\n\n" + Paragraph(2, "s" + std::to_string(s)) + "\n\n";
   }
   std::vector<Chunk> chunks = ChunkDocument("s.md", md, ChunkOptions{});
   ASSERT_EQ(chunks.size(), 12u);  // short sections are not merged

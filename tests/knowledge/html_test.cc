@@ -52,9 +52,9 @@ TEST(HtmlTest, StripsScriptsStylesAndPageChrome) {
   ParsedDocument doc = ParseHtml(html);
   const std::string text = AllText(doc);
   EXPECT_NE(text.find("Run the installer."), std::string::npos) << text;
-  for (const char* gone : {"secret-style", "secretScript", "not text", "Site logo", "Home menu",
-                           "Docs &gt;", "Docs > Install", "javascript", "sidebar", "Previous",
-                           "Copyright", "document.write"}) {
+  for (const char* gone :
+       {"secret-style", "secretScript", "not text", "Site logo", "Home menu", "Docs &gt;",
+        "Docs > Install", "javascript", "sidebar", "Previous", "Copyright", "document.write"}) {
     EXPECT_EQ(text.find(gone), std::string::npos) << gone << " in:\n" << text;
   }
   EXPECT_EQ(doc.title, "Install guide");
@@ -172,6 +172,19 @@ TEST(HtmlTest, ArticleHeaderIsContentButPageHeaderIsNot) {
   EXPECT_EQ(h[0]->text, "Post title");
 }
 
+TEST(HtmlTest, AdmonitionHeadingsAreLabelsNotSections) {
+  ParsedDocument doc = ParseHtml(
+      "<div class=\"sect1\"><h2 id=\"json\">8.14. JSON Types</h2><p>Intro.</p>"
+      "<div class=\"note\"><h3 class=\"title\">Note</h3><p>Boxed remark.</p></div>"
+      "<p>Back in the section.</p><h3 id=\"ix\">8.14.4. Indexing</h3><p>GIN.</p></div>");
+  std::vector<Chunk> chunks = ChunkBlocks(doc, "datatype-json.html", ChunkOptions{});
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[0].Section(), "8.14. JSON Types");
+  EXPECT_EQ(chunks[0].text, "Intro.\n\nNote\n\nBoxed remark.\n\nBack in the section.");
+  EXPECT_EQ(chunks[1].Section(), "8.14. JSON Types > 8.14.4. Indexing");
+  EXPECT_EQ(chunks[1].anchor, "ix");
+}
+
 TEST(HtmlTest, MalformedInputSurvives) {
   const std::vector<std::string> inputs = {
       "",
@@ -214,10 +227,12 @@ TEST(HtmlTest, DeepNestingAndRandomInputTerminateQuickly) {
 
   // Random soup of HTML fragments: never crash, never hang.
   const std::vector<std::string> pieces = {
-      "<", ">", "</", "/>", "<p>", "</p>", "<div class=\"toc\">", "</div>", "<h2 id=a>", "</h2>",
-      "<pre>", "</pre>", "<table>", "<tr>", "<td>", "</table>", "<li>", "<ul>", "</ul>", "&amp;",
-      "&#", "&#x1F", ";", "\"", "'", "=", "<!--", "-->", "<script>", "</script>", "text ", "\n",
-      "<a name=", "<![CDATA[", "]]>", "<br/>", "\xC3", "\xA9", "<nav>", "</nav>", "<title>"};
+      "<",        ">",         "</",    "/>",    "<p>",      "</p>",      "<div class=\"toc\">",
+      "</div>",   "<h2 id=a>", "</h2>", "<pre>", "</pre>",   "<table>",   "<tr>",
+      "<td>",     "</table>",  "<li>",  "<ul>",  "</ul>",    "&amp;",     "&#",
+      "&#x1F",    ";",         "\"",    "'",     "=",        "<!--",      "-->",
+      "<script>", "</script>", "text ", "\n",    "<a name=", "<![CDATA[", "]]>",
+      "<br/>",    "\xC3",      "\xA9",  "<nav>", "</nav>",   "<title>"};
   std::mt19937 rng(12345);
   for (int round = 0; round < 3000; ++round) {
     std::string soup;

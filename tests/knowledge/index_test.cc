@@ -30,8 +30,8 @@ std::unique_ptr<KnowledgeIndex> OpenIndex(const std::string& dir) {
 }
 
 std::vector<Passage> Ask(KnowledgeIndex& index, const std::string& question,
-                         const std::vector<std::string>& tags = {},
-                         const std::string& context = "", size_t limit = 5) {
+                         const std::vector<std::string>& tags = {}, const std::string& context = "",
+                         size_t limit = 5) {
   auto result = index.Retrieve(RetrievalQuery{question, context}, AccessFilter{tags}, limit);
   EXPECT_TRUE(result.ok()) << result.status().ToString();
   return result.ok() ? *result : std::vector<Passage>();
@@ -203,10 +203,10 @@ TEST_F(IndexTest, AccessTagsFilterRestrictedChunks) {
 }
 
 TEST_F(IndexTest, HeadingMatchOutranksPassingMention) {
-  ASSERT_TRUE(WriteFile(docs_ + "/long.md",
-                        "# Operations\n\n" + Filler(12) +
-                            "Once a year someone may mention the quokka in passing. " + Filler(12) +
-                            "\n"));
+  ASSERT_TRUE(
+      WriteFile(docs_ + "/long.md", "# Operations\n\n" + Filler(12) +
+                                        "Once a year someone may mention the quokka in passing. " +
+                                        Filler(12) + "\n"));
   ASSERT_TRUE(WriteFile(docs_ + "/topic.md",
                         "# Wildlife\n\n## Quokka\n\nSmall marsupials found on islands.\n"));
   auto index = OpenIndex(index_dir_);
@@ -258,9 +258,9 @@ TEST_F(IndexTest, RestartNeedsNoReindexAndGivesTheSameResults) {
 
 TEST_F(IndexTest, ConcurrentRetrieveDuringIngest) {
   for (int i = 0; i < 20; ++i) {
-    ASSERT_TRUE(WriteFile(docs_ + "/f" + std::to_string(i) + ".md",
-                          "# File " + std::to_string(i) + "\n\nStable walrus content " +
-                              Filler(3) + "\n"));
+    ASSERT_TRUE(
+        WriteFile(docs_ + "/f" + std::to_string(i) + ".md",
+                  "# File " + std::to_string(i) + "\n\nStable walrus content " + Filler(3) + "\n"));
   }
   auto index = OpenIndex(index_dir_);
   ASSERT_TRUE(index);
@@ -290,9 +290,9 @@ TEST_F(IndexTest, ConcurrentRetrieveDuringIngest) {
     });
   }
   for (int round = 0; round < 12; ++round) {
-    ASSERT_TRUE(WriteFile(docs_ + "/f" + std::to_string(round % 20) + ".md",
-                          "# File\n\nStable walrus content, revision " + std::to_string(round) +
-                              " penguin.\n"));
+    ASSERT_TRUE(WriteFile(
+        docs_ + "/f" + std::to_string(round % 20) + ".md",
+        "# File\n\nStable walrus content, revision " + std::to_string(round) + " penguin.\n"));
     if (round % 4 == 3) std::filesystem::remove(docs_ + "/f" + std::to_string(round) + ".md");
     auto report = index->Ingest(sources, ChunkOptions{});
     EXPECT_TRUE(report.ok()) << report.status().ToString();
@@ -397,8 +397,8 @@ TEST_F(IndexTest, ChunkDataRoundTripsExactly) {
   ASSERT_TRUE(WriteFile(docs_ + "/broken.txt", "Invalid \xC3\x28 utf8 \xFF marmoset.\n"));
   auto index = OpenIndex(index_dir_);
   ASSERT_TRUE(index);
-  ASSERT_TRUE(index->Ingest({SourceSpec{docs_, {"t\"ag"}, "https://x.example/"}}, ChunkOptions{})
-                  .ok());
+  ASSERT_TRUE(
+      index->Ingest({SourceSpec{docs_, {"t\"ag"}, "https://x.example/"}}, ChunkOptions{}).ok());
   std::vector<Chunk> expected = ChunkDocument("special.md", content, ChunkOptions{});
   ASSERT_EQ(expected.size(), 1u);
   auto got = Ask(*index, "quoted backslash emoji", {"t\"ag"});

@@ -31,12 +31,13 @@ constexpr char kQuestionsFile[] = PARLEY_QUALITY_QUESTIONS;
 constexpr double kMinConfidence = 0.35;
 constexpr size_t kLimit = 5;
 
-// Floors: a few points under what the current code measures (see README.md); a regression in
-// ranking, confidence or HTML extraction trips them.
-constexpr double kRecallAt1Floor = 0.0;
-constexpr double kRecallAt5Floor = 0.0;
-constexpr double kAbstentionFloor = 0.0;
-constexpr double kFalseAbstentionCeiling = 1.0;
+// Floors: a few points under what the current code measures (README.md: recall@1 0.800,
+// recall@5 0.927, abstention 0.875, false abstention 0.018), i.e. two or three more misses than
+// today; a regression in ranking, confidence or HTML extraction trips them.
+constexpr double kRecallAt1Floor = 0.75;
+constexpr double kRecallAt5Floor = 0.88;
+constexpr double kAbstentionFloor = 0.80;
+constexpr double kFalseAbstentionCeiling = 0.08;
 
 struct Expected {
   std::string source;
