@@ -36,6 +36,11 @@ class Engine {
   // outcome "error" and no memory writes.
   TurnOutput RunTurn(const InboundMessage& message, const std::string& turn_id);
 
+  // The turn's writes were not committed: drop what memory caches of the conversation.
+  void DiscardUncommitted(const ConversationKey& conversation) {
+    memory_.Invalidate(conversation);
+  }
+
   // Access tags the conversation holds (from knowledge.grants).
   std::vector<std::string> AccessTagsFor(const ConversationKey& conversation) const;
 

@@ -183,6 +183,7 @@ void Router::DrainOne(std::string key) {
         reply->text = kErrorText;
         reply->citations.clear();
         final_outcome = "error";
+        engine_.DiscardUncommitted(reply->conversation);
       }
       total_seconds_.ObserveNanos(now - accepted_nanos);
       metrics_

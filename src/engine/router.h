@@ -34,7 +34,8 @@ struct RouterOptions {
 
 class Router final : public InboundSink {
  public:
-  // All references must outlive the Router. sink receives every reply.
+  // All references must outlive the Router. sink receives every reply. The committer must be
+  // drained (Committer::Shutdown) before the Router is destroyed: its callbacks call back in.
   Router(boost::asio::io_context& io, Engine& engine, store::KvStore& kv,
          store::Committer& committer, ReplySink& sink, const Clock& clock, RouterOptions options,
          MetricsRegistry& metrics);

@@ -67,27 +67,74 @@ void ConversationMemory::Append(WriteBatch& batch, const ConversationKey& conv,
   if (turn.role == "user" && !turn.user.empty()) {
     batch.Put(keys::UserPrefix(conv.platform, turn.user) + conv.Encode(), "");
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = cache_.find(conv.Encode());
+  if (it == cache_.end()) return;
+  it->second.turns.push_back(turn);
+  if (it->second.turns.size() > kCachedTurns) {
+    it->second.turns.pop_front();
+    it->second.complete = false;
+  }
+}
+
+void ConversationMemory::Invalidate(const ConversationKey& conv) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cache_.erase(conv.Encode());
+}
+
+std::vector<Turn> ConversationMemory::Select(const std::deque<Turn>& turns, size_t max_turns,
+                                             size_t max_chars) const {
+  std::vector<Turn> out;
+  size_t chars = 0;
+  const int64_t cutoff = CutoffMs();
+  for (auto it = turns.rbegin(); it != turns.rend() && out.size() < max_turns; ++it) {
+    if (it->ts_ms < cutoff) break;
+    if (!out.empty() && chars + it->text.size() > max_chars) break;
+    chars += it->text.size();
+    out.push_back(*it);
+  }
+  std::reverse(out.begin(), out.end());
+  return out;
 }
 
 Result<std::vector<Turn>> ConversationMemory::Recent(const ConversationKey& conv,
                                                      size_t max_turns, size_t max_chars) const {
-  std::vector<Turn> turns;
-  size_t chars = 0;
+  const std::string encoded = conv.Encode();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = cache_.find(encoded);
+    if (it != cache_.end() && (it->second.complete || it->second.turns.size() >= max_turns)) {
+      return Select(it->second.turns, max_turns, max_chars);
+    }
+  }
+  // Read the newest turns (at least as many as the cache keeps), newest first.
+  const size_t wanted = std::max(max_turns, kCachedTurns);
+  std::deque<Turn> newest_first;
   const int64_t cutoff = CutoffMs();
+  bool complete = true;
   Status status = kv_.ScanReverse(keys::MemoryPrefix(conv), [&](std::string_view key,
                                                                 std::string_view value) {
-    if (turns.size() >= max_turns) return false;
+    if (newest_first.size() >= wanted) {
+      complete = false;
+      return false;
+    }
     if (KeyTimestamp(key) < cutoff) return false;  // older keys are older still
     Turn turn;
     if (!ParseTurn(value, turn)) return true;  // skip a damaged record rather than fail the turn
-    if (!turns.empty() && chars + turn.text.size() > max_chars) return false;
-    chars += turn.text.size();
-    turns.push_back(std::move(turn));
+    newest_first.push_back(std::move(turn));
     return true;
   });
   if (!status.ok()) return status;
-  std::reverse(turns.begin(), turns.end());
-  return turns;
+  std::deque<Turn> turns(newest_first.rbegin(), newest_first.rend());
+  std::vector<Turn> selected = Select(turns, max_turns, max_chars);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cache_.size() >= kCachedConversations) cache_.clear();
+  while (turns.size() > kCachedTurns) {
+    turns.pop_front();
+    complete = false;
+  }
+  cache_[encoded] = CachedTurns{std::move(turns), complete};
+  return selected;
 }
 
 Result<size_t> ConversationMemory::Forget(const ConversationKey& conv) {
@@ -99,7 +146,9 @@ Result<size_t> ConversationMemory::Forget(const ConversationKey& conv) {
   if (!status.ok()) return status;
   size_t removed = batch.size();
   batch.Delete(keys::Route(conv));
+  Invalidate(conv);
   status = kv_.Write(batch, /*sync=*/true);
+  Invalidate(conv);  // a turn appended meanwhile must be re-read too
   if (!status.ok()) return status;
   return removed;
 }
@@ -137,6 +186,10 @@ Result<size_t> ConversationMemory::ForgetUser(const std::string& platform,
     }
   }
   status = kv_.Write(batch, /*sync=*/true);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cache_.clear();
+  }
   if (!status.ok()) return status;
   return removed;
 }

@@ -6,7 +6,10 @@
 // are expected from its serial executor, so turns keep their order.
 
 #include <cstdint>
+#include <deque>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/clock.h"
@@ -44,11 +47,27 @@ class ConversationMemory {
   // Deletes turns older than the retention period. Returns how many.
   Result<size_t> SweepExpired();
 
+  // Drops what the cache holds for the conversation (e.g. when a batch with its turns failed to
+  // commit after Append).
+  void Invalidate(const ConversationKey& conv);
+
  private:
+  // The newest turns of recently active conversations, so a turn does not read the store. Filled
+  // by Recent, extended by Append; `complete` when it holds every stored turn.
+  struct CachedTurns {
+    std::deque<Turn> turns;
+    bool complete = false;
+  };
+  static constexpr size_t kCachedTurns = 16;
+  static constexpr size_t kCachedConversations = 50'000;
+
   int64_t CutoffMs() const;
+  std::vector<Turn> Select(const std::deque<Turn>& turns, size_t max_turns, size_t max_chars) const;
   KvStore& kv_;
   const Clock& clock_;
   int64_t retention_ms_;
+  mutable std::mutex mu_;
+  mutable std::unordered_map<std::string, CachedTurns> cache_;
 };
 
 }  // namespace parley::store

@@ -66,6 +66,8 @@ class RouterTest : public ::testing::Test {
     for (int i = 0; i < 2; ++i) threads_.emplace_back([this] { io_.run(); });
   }
   void TearDown() override {
+    // The Router's commit callbacks must run before it goes: drain the committer first.
+    committer_->Shutdown();
     guard_.reset();
     io_.stop();
     for (auto& t : threads_) t.join();

@@ -92,5 +92,42 @@ TEST_F(MemoryTest, RetentionHidesAndSweepsOldTurns) {
   EXPECT_EQ(memory_->SweepExpired().value(), 0u);
 }
 
+TEST_F(MemoryTest, CacheAgreesWithTheStore) {
+  ConversationKey c{"webhook", "cached", ""};
+  for (int i = 0; i < 12; ++i) Say(c, "u", "q" + std::to_string(i), "a" + std::to_string(i));
+  auto cached = Texts(c, 6);  // fills the cache, then served from it
+  EXPECT_EQ(cached, (std::vector<std::string>{"q9", "a9", "q10", "a10", "q11", "a11"}));
+  Say(c, "u", "q12", "a12");  // appended to the cache as well as the store
+  EXPECT_EQ(Texts(c, 2), (std::vector<std::string>{"q12", "a12"}));
+  // A fresh memory object (no cache) reads the same from the store.
+  ConversationMemory fresh(*kv_, clock_, 1);
+  std::vector<std::string> from_store;
+  for (const Turn& t : fresh.Recent(c, 6, 100000).value()) from_store.push_back(t.text);
+  EXPECT_EQ(from_store, Texts(c, 6));
+  // More turns than the cache holds are read from the store.
+  EXPECT_EQ(Texts(c, 100).size(), 26u);
+}
+
+TEST_F(MemoryTest, ForgetClearsTheCache) {
+  ConversationKey c{"webhook", "gone", ""};
+  Say(c, "u", "q", "a");
+  EXPECT_EQ(Texts(c).size(), 2u);
+  ASSERT_TRUE(memory_->Forget(c).ok());
+  EXPECT_TRUE(Texts(c).empty());
+  Say(c, "u", "q2", "a2");
+  ASSERT_TRUE(memory_->ForgetUser("webhook", "u").ok());
+  EXPECT_TRUE(Texts(c).empty());
+}
+
+TEST_F(MemoryTest, UncommittedAppendIsDiscarded) {
+  ConversationKey c{"webhook", "failed", ""};
+  Say(c, "u", "q", "a");
+  EXPECT_EQ(Texts(c).size(), 2u);
+  WriteBatch never_written;
+  memory_->Append(never_written, c, Turn{"user", "u", "lost", "t", clock_.NowMs(), {}});
+  memory_->Invalidate(c);
+  EXPECT_EQ(Texts(c), (std::vector<std::string>{"q", "a"}));
+}
+
 }  // namespace
 }  // namespace parley::store
