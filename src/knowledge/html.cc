@@ -715,10 +715,13 @@ class HtmlReader {
   }
 
   void FinishPre() {
-    std::string text = std::move(pre_text_);
-    pre_text_.clear();
-    if (!text.empty() && text.front() == '\n') text.erase(0, 1);
-    if (!text.empty() && text.front() == '\r') text.erase(0, 1);
+    std::string text;
+    text.swap(pre_text_);
+    // Written with indexes, not front(): GCC 12 at -O3 misreports front() after a move.
+    size_t lead = 0;
+    if (lead < text.size() && text[lead] == '\n') ++lead;
+    if (lead < text.size() && text[lead] == '\r') ++lead;
+    text.erase(0, lead);
     while (!text.empty() && IsSpace(text.back())) text.pop_back();
     if (Trim(text).empty()) return;
     if (row_depth_ > 0 || heading_level_ > 0) {
