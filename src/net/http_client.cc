@@ -33,6 +33,7 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "net/ascii.h"
 #include "net/http.h"
 
 namespace parley::net {
@@ -54,15 +55,8 @@ constexpr long kMaxCachedConnections = 64;
 
 bool HasLineBreak(std::string_view s) { return s.find_first_of("\r\n") != std::string_view::npos; }
 
-char AsciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool AsciiIEquals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (AsciiLower(a[i]) != AsciiLower(b[i])) return false;
-  }
-  return true;
-}
+using internal::AsciiIEquals;
+using internal::AsciiLower;
 
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);

@@ -1,19 +1,13 @@
 // Helpers shared by the HTTP server and client.
 
+#include "net/ascii.h"
 #include "net/http.h"
 
 namespace parley::net {
 namespace {
 
-char AsciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool AsciiIEquals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (AsciiLower(a[i]) != AsciiLower(b[i])) return false;
-  }
-  return true;
-}
+using internal::AsciiIEquals;
+using internal::AsciiLower;
 
 }  // namespace
 
