@@ -1,0 +1,666 @@
+#include "adapters/slack/codec.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include "adapters/slack/mrkdwn.h"
+
+namespace parley::slack {
+namespace {
+
+using nlohmann::json;
+
+constexpr int kMaxFrameDepth = 256;
+constexpr size_t kMessageLimit = 3500;  // bytes of mrkdwn per chat.postMessage
+constexpr size_t kSectionLimit = 3000;  // Slack's limit for a section's text
+constexpr size_t kMaxBlocks = 50;
+constexpr size_t kContextElements = 10;  // Slack's limit per context block
+
+// nlohmann's parser recurses per nesting level; reject absurd nesting before parsing so that a
+// hostile frame cannot exhaust the stack.
+bool NestingWithin(std::string_view s, int max_depth) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > max_depth) return false;
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return true;
+}
+
+// Field readers. Absent and null read as "not present"; a present value of another type is an
+// error. Messages name the field, never its content.
+enum class Field { kAbsent, kOk, kWrongType };
+
+Field ReadString(const json& obj, const char* key, std::string* out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return Field::kAbsent;
+  if (!it->is_string()) return Field::kWrongType;
+  *out = it->get_ref<const std::string&>();
+  return Field::kOk;
+}
+
+Field ReadInt(const json& obj, const char* key, int64_t* out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return Field::kAbsent;
+  if (!it->is_number_integer()) return Field::kWrongType;
+  *out = it->get<int64_t>();
+  return Field::kOk;
+}
+
+Field ReadBool(const json& obj, const char* key, bool* out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return Field::kAbsent;
+  if (!it->is_boolean()) return Field::kWrongType;
+  *out = it->get<bool>();
+  return Field::kOk;
+}
+
+// A string member or "" (absent or wrongly typed), for lenient event parsing.
+std::string StringOr(const json& obj, const char* key) {
+  std::string s;
+  if (ReadString(obj, key, &s) != Field::kOk) return {};
+  return s;
+}
+
+// obj[key] if it is an object, else nullptr.
+const json* ObjectAt(const json& obj, const char* key) {
+  auto it = obj.find(key);
+  if (it == obj.end() || !it->is_object()) return nullptr;
+  return &*it;
+}
+
+Status WrongType(const std::string& what, const char* key) {
+  return Status::InvalidArgument(what + ": field '" + key + "' has the wrong type");
+}
+
+DisconnectReason ReasonFromString(const std::string& r) {
+  if (r == "warning") return DisconnectReason::kWarning;
+  if (r == "refresh_requested") return DisconnectReason::kRefreshRequested;
+  if (r == "link_disabled") return DisconnectReason::kLinkDisabled;
+  if (r == "too_many_websockets") return DisconnectReason::kTooManyWebsockets;
+  return DisconnectReason::kOther;
+}
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && IsSpace(s.front())) s.remove_prefix(1);
+  while (!s.empty() && IsSpace(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+// &amp; &lt; &gt; → & < >, in one pass (so "&amp;lt;" becomes "&lt;", not "<").
+void AppendUnescaped(std::string& out, std::string_view s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '&') {
+      if (s.substr(i, 5) == "&amp;") {
+        out.push_back('&');
+        i += 4;
+        continue;
+      }
+      if (s.substr(i, 4) == "&lt;") {
+        out.push_back('<');
+        i += 3;
+        continue;
+      }
+      if (s.substr(i, 4) == "&gt;") {
+        out.push_back('>');
+        i += 3;
+        continue;
+      }
+    }
+    out.push_back(s[i]);
+  }
+}
+
+std::string Unescaped(std::string_view s) {
+  std::string out;
+  AppendUnescaped(out, s);
+  return out;
+}
+
+// Entity-escapes text for mrkdwn.
+std::string Escape(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      default:
+        out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// True when text mentions user id as <@ID> or <@ID|label>.
+bool Mentions(std::string_view text, const std::string& id) {
+  if (id.empty()) return false;
+  const std::string needle = "<@" + id;
+  size_t pos = 0;
+  while ((pos = text.find(needle, pos)) != std::string_view::npos) {
+    const size_t after = pos + needle.size();
+    if (after < text.size() && (text[after] == '>' || text[after] == '|')) return true;
+    pos = after;
+  }
+  return false;
+}
+
+}  // namespace
+
+const char* FrameKindName(FrameKind kind) {
+  switch (kind) {
+    case FrameKind::kHello:
+      return "hello";
+    case FrameKind::kDisconnect:
+      return "disconnect";
+    case FrameKind::kEventsApi:
+      return "events_api";
+    case FrameKind::kSlashCommands:
+      return "slash_commands";
+    case FrameKind::kInteractive:
+      return "interactive";
+    case FrameKind::kUnknown:
+      return "unknown";
+  }
+  return "unknown";
+}
+
+const char* DisconnectReasonName(DisconnectReason reason) {
+  switch (reason) {
+    case DisconnectReason::kWarning:
+      return "warning";
+    case DisconnectReason::kRefreshRequested:
+      return "refresh_requested";
+    case DisconnectReason::kLinkDisabled:
+      return "link_disabled";
+    case DisconnectReason::kTooManyWebsockets:
+      return "too_many_websockets";
+    case DisconnectReason::kOther:
+      return "other";
+  }
+  return "other";
+}
+
+const char* IgnoreReasonName(IgnoreReason reason) {
+  switch (reason) {
+    case IgnoreReason::kNone:
+      return "none";
+    case IgnoreReason::kUnsupportedType:
+      return "unsupported_type";
+    case IgnoreReason::kIncomplete:
+      return "incomplete";
+    case IgnoreReason::kOwnMessage:
+      return "own_message";
+    case IgnoreReason::kOtherBot:
+      return "other_bot";
+    case IgnoreReason::kSubtype:
+      return "subtype";
+    case IgnoreReason::kEmptyText:
+      return "empty_text";
+    case IgnoreReason::kNotAddressed:
+      return "not_addressed";
+  }
+  return "none";
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Result<Envelope> ParseEnvelope(std::string_view frame) {
+  if (!NestingWithin(frame, kMaxFrameDepth)) {
+    return Status::InvalidArgument("slack frame: nested too deeply");
+  }
+  // allow_exceptions=false: a parse error gives a discarded value instead of an exception whose
+  // message would quote the input.
+  json j = json::parse(frame.begin(), frame.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Status::InvalidArgument("slack frame: not valid JSON");
+  if (!j.is_object()) return Status::InvalidArgument("slack frame: not a JSON object");
+  Envelope e;
+  switch (ReadString(j, "type", &e.type)) {
+    case Field::kAbsent:
+      return Status::InvalidArgument("slack frame: no 'type'");
+    case Field::kWrongType:
+      return WrongType("slack frame", "type");
+    case Field::kOk:
+      break;
+  }
+  if (e.type == "hello") {
+    e.kind = FrameKind::kHello;
+    if (ReadInt(j, "num_connections", &e.num_connections) == Field::kWrongType) {
+      return WrongType("slack hello", "num_connections");
+    }
+    if (const json* debug = ObjectAt(j, "debug_info")) {
+      if (ReadInt(*debug, "approximate_connection_time", &e.approximate_connection_time_s) ==
+          Field::kWrongType) {
+        return WrongType("slack hello", "approximate_connection_time");
+      }
+    }
+    if (const json* info = ObjectAt(j, "connection_info")) {
+      if (ReadString(*info, "app_id", &e.app_id) == Field::kWrongType) {
+        return WrongType("slack hello", "app_id");
+      }
+    }
+    return e;
+  }
+  if (e.type == "disconnect") {
+    e.kind = FrameKind::kDisconnect;
+    if (ReadString(j, "reason", &e.disconnect_reason_raw) == Field::kWrongType) {
+      return WrongType("slack disconnect", "reason");
+    }
+    e.disconnect_reason = ReasonFromString(e.disconnect_reason_raw);
+    return e;
+  }
+  if (e.type == "events_api") {
+    e.kind = FrameKind::kEventsApi;
+  } else if (e.type == "slash_commands") {
+    e.kind = FrameKind::kSlashCommands;
+  } else if (e.type == "interactive") {
+    e.kind = FrameKind::kInteractive;
+  } else {
+    e.kind = FrameKind::kUnknown;
+    (void)ReadString(j, "envelope_id", &e.envelope_id);  // best effort, to ack it anyway
+    return e;
+  }
+  const std::string what = std::string("slack ") + e.type + " envelope";
+  switch (ReadString(j, "envelope_id", &e.envelope_id)) {
+    case Field::kAbsent:
+      return Status::InvalidArgument(what + ": no 'envelope_id'");
+    case Field::kWrongType:
+      return WrongType(what, "envelope_id");
+    case Field::kOk:
+      break;
+  }
+  if (e.envelope_id.empty()) return Status::InvalidArgument(what + ": empty 'envelope_id'");
+  const json* payload = ObjectAt(j, "payload");
+  if (payload == nullptr) return Status::InvalidArgument(what + ": no object 'payload'");
+  e.payload = *payload;
+  if (ReadBool(j, "accepts_response_payload", &e.accepts_response_payload) == Field::kWrongType) {
+    return WrongType(what, "accepts_response_payload");
+  }
+  if (ReadInt(j, "retry_attempt", &e.retry_attempt) == Field::kWrongType || e.retry_attempt < 0) {
+    return WrongType(what, "retry_attempt");
+  }
+  if (ReadString(j, "retry_reason", &e.retry_reason) == Field::kWrongType) {
+    return WrongType(what, "retry_reason");
+  }
+  return e;
+}
+
+std::string DumpJson(const json& j) {
+  return j.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);
+}
+
+std::string AckFrame(const std::string& envelope_id, const json* payload) {
+  json ack = {{"envelope_id", envelope_id}};
+  if (payload != nullptr) ack["payload"] = *payload;
+  return DumpJson(ack);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+SlackEvent ParseEventCallback(const json& payload) {
+  SlackEvent ev;
+  if (!payload.is_object()) return ev;
+  ev.team_id = StringOr(payload, "team_id");
+  ev.event_id = StringOr(payload, "event_id");
+  const json* event = ObjectAt(payload, "event");
+  if (StringOr(payload, "type") != "event_callback" || event == nullptr) return ev;
+  ev.type_raw = StringOr(*event, "type");
+  if (ev.type_raw == "app_mention") {
+    ev.type = EventType::kAppMention;
+  } else if (ev.type_raw == "message") {
+    ev.type = EventType::kMessage;
+  }
+  if (ev.team_id.empty()) ev.team_id = StringOr(*event, "team");
+  ev.channel = StringOr(*event, "channel");
+  ev.channel_type = StringOr(*event, "channel_type");
+  ev.user = StringOr(*event, "user");
+  ev.bot_id = StringOr(*event, "bot_id");
+  ev.subtype = StringOr(*event, "subtype");
+  ev.text = StringOr(*event, "text");
+  ev.ts = StringOr(*event, "ts");
+  ev.thread_ts = StringOr(*event, "thread_ts");
+  return ev;
+}
+
+std::string DedupeKey(const SlackEvent& event) { return event.channel + ":" + event.ts; }
+
+int64_t TsToMillis(std::string_view ts) {
+  if (ts.empty() || ts.size() > 32) return 0;
+  int64_t seconds = 0;
+  size_t i = 0;
+  for (; i < ts.size() && ts[i] != '.'; ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(ts[i])) || i >= 12) return 0;
+    seconds = seconds * 10 + (ts[i] - '0');
+  }
+  int64_t millis = 0;
+  int digits = 0;
+  if (i < ts.size()) {
+    for (++i; i < ts.size(); ++i) {
+      if (!std::isdigit(static_cast<unsigned char>(ts[i]))) return 0;
+      if (digits < 3) {
+        millis = millis * 10 + (ts[i] - '0');
+        ++digits;
+      }
+    }
+  }
+  for (; digits < 3; ++digits) millis *= 10;
+  return seconds * 1000 + millis;
+}
+
+EventDecision Classify(const SlackEvent& event, const std::string& bot_user_id,
+                       const ClassifyOptions& options, bool bot_in_thread) {
+  EventDecision d;
+  auto ignore = [&d](IgnoreReason r) {
+    d.handle = false;
+    d.reason = r;
+    return d;
+  };
+  if (event.type == EventType::kOther) return ignore(IgnoreReason::kUnsupportedType);
+  if (event.channel.empty() || event.ts.empty()) return ignore(IgnoreReason::kIncomplete);
+  const bool own = (!bot_user_id.empty() && event.user == bot_user_id) ||
+                   (!options.own_bot_id.empty() && event.bot_id == options.own_bot_id);
+  if (own) return ignore(IgnoreReason::kOwnMessage);
+  const bool bot_subtype = event.subtype == "bot_message";
+  if (!event.subtype.empty() && !bot_subtype && event.subtype != "thread_broadcast" &&
+      event.subtype != "file_share") {
+    return ignore(IgnoreReason::kSubtype);
+  }
+  const bool is_bot = bot_subtype || !event.bot_id.empty();
+  if (is_bot && !options.allow_bots) return ignore(IgnoreReason::kOtherBot);
+  std::string user = event.user.empty() && is_bot ? event.bot_id : event.user;
+  if (user.empty()) return ignore(IgnoreReason::kIncomplete);
+
+  // app_mention never comes from DMs; channel_type is absent on it. A message without
+  // channel_type is a DM when its channel id is a D… id.
+  const bool is_direct =
+      event.type == EventType::kMessage &&
+      (event.channel_type == "im" || (event.channel_type.empty() && event.channel[0] == 'D'));
+  const bool mentions = event.type == EventType::kAppMention || Mentions(event.text, bot_user_id);
+
+  std::string text = NormalizeText(event.text, bot_user_id);
+  if (text.empty()) return ignore(IgnoreReason::kEmptyText);
+
+  const bool followup = options.thread_followups && bot_in_thread && !event.thread_ts.empty();
+  if (!is_direct && !mentions && !followup && options.mention_required) {
+    return ignore(IgnoreReason::kNotAddressed);
+  }
+
+  d.handle = true;
+  d.reason = IgnoreReason::kNone;
+  InboundMessage& m = d.message;
+  m.platform = kPlatform;
+  m.workspace = event.team_id;
+  m.channel = event.channel;
+  // In a channel the reply always goes in a thread: the existing one, or one opened on this
+  // message. In a DM a root message is answered in the main line.
+  m.thread = !event.thread_ts.empty() ? event.thread_ts : (is_direct ? "" : event.ts);
+  m.user = std::move(user);
+  m.text = std::move(text);
+  m.mentions_bot = mentions;
+  m.is_direct = is_direct;
+  // The message identity, not Slack's event_id: app_mention and message deliveries of one
+  // mention have different event_ids but the same channel:ts, so the router's de-duplication by
+  // event id lets exactly one of them through. Retries keep channel:ts as well.
+  m.event_id = DedupeKey(event);
+  m.timestamp_ms = TsToMillis(event.ts);
+  return d;
+}
+
+std::string NormalizeText(std::string_view raw, const std::string& bot_user_id,
+                          const UserNames* names) {
+  std::string out;
+  size_t i = 0;
+  while (i < raw.size()) {
+    const size_t open = raw.find('<', i);
+    const size_t close = open == std::string_view::npos ? open : raw.find('>', open + 1);
+    if (open == std::string_view::npos || close == std::string_view::npos) {
+      AppendUnescaped(out, raw.substr(i));
+      break;
+    }
+    AppendUnescaped(out, raw.substr(i, open - i));
+    i = close + 1;
+    const std::string_view inner = raw.substr(open + 1, close - open - 1);
+    const size_t bar = inner.find('|');
+    const std::string_view target = inner.substr(0, bar);
+    const std::string_view label =
+        bar == std::string_view::npos ? std::string_view() : inner.substr(bar + 1);
+    if (target.size() > 1 && target[0] == '@') {
+      const std::string id(target.substr(1));
+      if (!bot_user_id.empty() && id == bot_user_id) {
+        if (i < raw.size() && (raw[i] == ':' || raw[i] == ',')) ++i;
+        while (i < raw.size() && IsSpace(raw[i])) ++i;
+        continue;
+      }
+      auto it = names != nullptr ? names->find(id) : UserNames::const_iterator();
+      if (names != nullptr && it != names->end() && !it->second.empty()) {
+        out += "@" + it->second;
+      } else if (!label.empty()) {
+        out += "@" + Unescaped(label);
+      } else {
+        out += "@" + id;
+      }
+    } else if (target.size() > 1 && target[0] == '#') {
+      out += "#" + Unescaped(label.empty() ? target.substr(1) : label);
+    } else if (target.size() > 1 && target[0] == '!') {
+      const std::string_view cmd = target.substr(1);
+      if (!label.empty()) {  // <!subteam^S1|@team>, <!date^…|fallback>, <!here|here>
+        const std::string l = Unescaped(label);
+        const bool special = cmd == "here" || cmd == "channel" || cmd == "everyone";
+        out += special && l[0] != '@' ? "@" + l : l;
+      } else {
+        out += "@" + Unescaped(cmd.substr(0, cmd.find('^')));
+      }
+    } else if (!target.empty()) {  // a link
+      const std::string url = Unescaped(target);
+      const std::string l = Unescaped(label);
+      if (l.empty() || l == url || "mailto:" + l == url) {
+        out += l.empty() ? url : l;
+      } else {
+        out += l + " (" + url + ")";
+      }
+    } else {
+      // "<>" or "<|x>": not Slack markup; keep as written.
+      out.push_back('<');
+      AppendUnescaped(out, inner);
+      out.push_back('>');
+    }
+  }
+  return std::string(Trim(out));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string CitationText(const Citation& c) {
+  std::string title = c.title.empty() ? c.source : c.title;
+  std::string label = c.section.empty() ? title : title + " — " + c.section;
+  if (label.size() > 2000) label.resize(2000);  // keeps the element well under 3000
+  // Drop a possibly cut UTF-8 sequence at the end.
+  while (!label.empty() && (static_cast<unsigned char>(label.back()) & 0x80) != 0 &&
+         (static_cast<unsigned char>(label.back()) & 0xC0) != 0xC0 && label.size() == 2000) {
+    label.pop_back();
+  }
+  if (c.url.empty()) return Escape(label);
+  std::string url;
+  for (char ch : c.url) {
+    if (ch == '|') {
+      url += "%7C";
+    } else if (ch == ' ') {
+      url += "%20";
+    } else {
+      url.push_back(ch);
+    }
+  }
+  if (url.size() > 900) return Escape(label);  // an absurd URL: show the title only
+  return "<" + Escape(url) + "|" + Escape(label) + ">";
+}
+
+json Section(const std::string& mrkdwn) {
+  return {{"type", "section"}, {"text", {{"type", "mrkdwn"}, {"text", mrkdwn}}}};
+}
+
+json FeedbackActions(const std::string& message_id) {
+  auto button = [&](const char* action_id, const char* label) {
+    return json{{"type", "button"},
+                {"action_id", action_id},
+                {"text", {{"type", "plain_text"}, {"text", label}, {"emoji", true}}},
+                {"value", message_id}};
+  };
+  return {{"type", "actions"},
+          {"block_id", "parley_feedback"},
+          {"elements", json::array({button(kFeedbackHelpfulAction, "Helpful"),
+                                    button(kFeedbackUnhelpfulAction, "Not helpful")})}};
+}
+
+}  // namespace
+
+std::vector<json> BuildPostMessage(const OutboundMessage& m, const std::string& channel,
+                                   const std::string& thread_ts, bool feedback_buttons) {
+  std::vector<std::string> parts = SplitForSlack(MarkdownToMrkdwn(m.text), kMessageLimit);
+  if (parts.empty()) parts.emplace_back("…");  // text must never be empty
+  std::vector<json> bodies;
+  bodies.reserve(parts.size());
+  for (size_t p = 0; p < parts.size(); ++p) {
+    const bool last = p + 1 == parts.size();
+    json blocks = json::array();
+    for (const std::string& section : SplitForSlack(parts[p], kSectionLimit)) {
+      blocks.push_back(Section(section));
+    }
+    if (last) {
+      const size_t reserved = feedback_buttons ? 1 : 0;
+      json context;
+      for (const Citation& c : m.citations) {
+        if (blocks.size() + reserved >= kMaxBlocks) break;
+        if (context.is_null()) context = {{"type", "context"}, {"elements", json::array()}};
+        context["elements"].push_back({{"type", "mrkdwn"}, {"text", CitationText(c)}});
+        if (context["elements"].size() == kContextElements) {
+          blocks.push_back(std::move(context));
+          context = json();
+        }
+      }
+      if (!context.is_null() && blocks.size() + reserved < kMaxBlocks) {
+        blocks.push_back(std::move(context));
+      }
+      if (feedback_buttons) blocks.push_back(FeedbackActions(m.id));
+    }
+    json body = {{"channel", channel},
+                 {"text", parts[p]},
+                 {"blocks", std::move(blocks)},
+                 {"unfurl_links", false}};
+    if (!thread_ts.empty()) body["thread_ts"] = thread_ts;
+    if (!m.id.empty()) {
+      body["metadata"] = {{"event_type", "parley_reply"},
+                          {"event_payload", {{"message_id", m.id}, {"part", p}}}};
+    }
+    bodies.push_back(std::move(body));
+  }
+  return bodies;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Result<SlashCommand> ParseSlashCommand(const json& payload) {
+  if (!payload.is_object()) return Status::InvalidArgument("slack slash command: not an object");
+  SlashCommand c;
+  struct {
+    const char* key;
+    std::string* out;
+    bool required;
+  } fields[] = {{"command", &c.command, true},       {"text", &c.text, false},
+                {"user_id", &c.user_id, true},       {"channel_id", &c.channel_id, true},
+                {"team_id", &c.team_id, false},      {"response_url", &c.response_url, false},
+                {"trigger_id", &c.trigger_id, false}};
+  for (const auto& f : fields) {
+    const Field r = ReadString(payload, f.key, f.out);
+    if (r == Field::kWrongType) return WrongType("slack slash command", f.key);
+    if (f.required && f.out->empty()) {
+      return Status::InvalidArgument(std::string("slack slash command: no '") + f.key + "'");
+    }
+  }
+  return c;
+}
+
+SlashAction ParseSlashText(std::string_view text) {
+  text = Trim(text);
+  SlashAction a;
+  if (text.empty()) return a;  // help
+  size_t end = 0;
+  while (end < text.size() && !IsSpace(text[end])) ++end;
+  const std::string verb = Lower(text.substr(0, end));
+  const std::string rest(Trim(text.substr(end)));
+  if (verb == "help" || verb == "-h" || verb == "--help") return a;
+  if (verb == "ask") {
+    if (!rest.empty()) a = {SlashAction::Kind::kAsk, rest};
+    return a;
+  }
+  if (verb == "forget") return {SlashAction::Kind::kForget, ""};
+  if (verb == "human") return {SlashAction::Kind::kHuman, rest};
+  if (verb[0] == '-') return {SlashAction::Kind::kUnknown, std::string(text.substr(0, end))};
+  return {SlashAction::Kind::kAsk, std::string(text)};
+}
+
+Result<BlockAction> ParseBlockActions(const json& payload) {
+  const char* what = "slack block_actions";
+  if (!payload.is_object()) return Status::InvalidArgument("slack interactive: not an object");
+  std::string type;
+  if (ReadString(payload, "type", &type) != Field::kOk || type != "block_actions") {
+    return Status::InvalidArgument("slack interactive: not a block_actions payload");
+  }
+  BlockAction a;
+  const json* user = ObjectAt(payload, "user");
+  if (user == nullptr || ReadString(*user, "id", &a.user_id) != Field::kOk || a.user_id.empty()) {
+    return Status::InvalidArgument(std::string(what) + ": no 'user.id'");
+  }
+  auto actions = payload.find("actions");
+  if (actions == payload.end() || !actions->is_array() || actions->empty() ||
+      !actions->front().is_object()) {
+    return Status::InvalidArgument(std::string(what) + ": no 'actions'");
+  }
+  const json& first = actions->front();
+  if (ReadString(first, "action_id", &a.action_id) != Field::kOk || a.action_id.empty()) {
+    return Status::InvalidArgument(std::string(what) + ": no 'action_id'");
+  }
+  if (ReadString(first, "value", &a.value) == Field::kWrongType) return WrongType(what, "value");
+  if (const json* team = ObjectAt(payload, "team")) a.team_id = StringOr(*team, "id");
+  if (const json* ch = ObjectAt(payload, "channel")) a.channel_id = StringOr(*ch, "id");
+  if (const json* msg = ObjectAt(payload, "message")) a.message_ts = StringOr(*msg, "ts");
+  if (const json* container = ObjectAt(payload, "container")) {
+    if (a.message_ts.empty()) a.message_ts = StringOr(*container, "message_ts");
+    if (a.channel_id.empty()) a.channel_id = StringOr(*container, "channel_id");
+  }
+  if (ReadString(payload, "response_url", &a.response_url) == Field::kWrongType) {
+    return WrongType(what, "response_url");
+  }
+  (void)ReadString(payload, "trigger_id", &a.trigger_id);
+  return a;
+}
+
+}  // namespace parley::slack
