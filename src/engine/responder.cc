@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <memory>
+#include <mutex>
 #include <set>
+#include <unordered_map>
 
 namespace parley::engine {
 
@@ -116,12 +119,42 @@ std::vector<Unit> SplitUnits(const std::string& text) {
   return units;
 }
 
-size_t Overlap(const std::set<std::string>& query, const std::string& text) {
-  std::set<std::string> seen;
-  for (const std::string& t : knowledge::AnalyzeTerms(text)) {
-    if (query.count(t) > 0) seen.insert(t);
+// A chunk split into units, with each unit's distinct analysed terms.
+struct AnalysedChunk {
+  std::vector<Unit> units;
+  std::vector<std::vector<std::string>> terms;  // sorted, distinct, per unit
+};
+
+// Chunks recur across turns (popular passages), and stemming every sentence on every answer is
+// a large share of a turn's CPU, so analyses are cached by the chunk's text. The cache is
+// bounded; it is dropped whole when full.
+std::shared_ptr<const AnalysedChunk> Analyse(const std::string& text) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::shared_ptr<const AnalysedChunk>> cache;
+  constexpr size_t kMaxCached = 2048;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(text);
+    if (it != cache.end()) return it->second;
   }
-  return seen.size();
+  auto analysed = std::make_shared<AnalysedChunk>();
+  analysed->units = SplitUnits(text);
+  for (const Unit& unit : analysed->units) {
+    std::vector<std::string> terms = knowledge::AnalyzeTerms(unit.text);
+    std::sort(terms.begin(), terms.end());
+    terms.erase(std::unique(terms.begin(), terms.end()), terms.end());
+    analysed->terms.push_back(std::move(terms));
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  if (cache.size() >= kMaxCached) cache.clear();
+  cache.emplace(text, analysed);
+  return analysed;
+}
+
+size_t Overlap(const std::set<std::string>& query, const std::vector<std::string>& terms) {
+  size_t n = 0;
+  for (const std::string& t : terms) n += query.count(t);
+  return n;
 }
 
 }  // namespace
@@ -147,12 +180,13 @@ Answer ComposeExtractiveAnswer(const std::string& question,
 
   const auto terms = knowledge::AnalyzeTerms(question);
   const std::set<std::string> query(terms.begin(), terms.end());
-  std::vector<Unit> units = SplitUnits(best.chunk.text);
+  const std::shared_ptr<const AnalysedChunk> analysed = Analyse(best.chunk.text);
+  const std::vector<Unit>& units = analysed->units;
   // Drop a leading unit that only repeats the section heading.
   std::vector<std::pair<double, size_t>> scored;
   for (size_t i = 0; i < units.size(); ++i) {
     if (units[i].text.rfind("#", 0) == 0) continue;
-    double score = static_cast<double>(Overlap(query, units[i].text));
+    double score = static_cast<double>(Overlap(query, analysed->terms[i]));
     score -= 0.01 * static_cast<double>(i);  // prefer earlier sentences on ties
     scored.push_back({score, i});
   }
