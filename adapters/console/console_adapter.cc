@@ -127,8 +127,13 @@ TerminalBackend ConsoleAdapter::Backend(const std::string& conversation) {
                                      std::string& error) {
     return Ask(conversation, text, reply, error);
   };
-  backend.forget = [this, conversation] {
-    return control_.Forget(ConversationKey{kPlatform, conversation, ""});
+  backend.forget = [this, conversation]() -> Result<size_t> {
+    // The terminal waits for the answer; this runs on the terminal's own thread.
+    auto removed = std::make_shared<std::promise<Result<size_t>>>();
+    auto future = removed->get_future();
+    control_.Forget(ConversationKey{kPlatform, conversation, ""},
+                    [removed](Result<size_t> r) { removed->set_value(std::move(r)); });
+    return future.get();
   };
   return backend;
 }
@@ -183,14 +188,15 @@ bool ConsoleAdapter::HandleLocal(const net::HttpRequest& request, net::Responder
   std::string conversation = body.value("conversation", "terminal");
   if (conversation.empty()) conversation = "terminal";
   if (request.path == "/v1/local/forget") {
-    auto removed = control_.Forget(ConversationKey{kPlatform, conversation, ""});
-    if (!removed.ok()) {
-      respond(JsonError(503, "unavailable", removed.status().message()));
-    } else {
-      net::HttpResponse r;
-      r.body = json{{"forgotten_turns", *removed}}.dump();
-      respond(std::move(r));
-    }
+    control_.Forget(ConversationKey{kPlatform, conversation, ""},
+                    [respond](Result<size_t> removed) {
+                      if (!removed.ok()) {
+                        return respond(JsonError(503, "unavailable", removed.status().message()));
+                      }
+                      net::HttpResponse r;
+                      r.body = json{{"forgotten_turns", *removed}}.dump();
+                      respond(std::move(r));
+                    });
     return true;
   }
   if (!body.contains("text") || !body["text"].is_string()) {

@@ -264,13 +264,17 @@ void WebhookAdapter::HandleForget(const net::HttpRequest& request, net::Responde
     return respond(JsonError(422, "invalid_fields",
                              "give either \"conversation\" (and optional \"thread\") or \"user\""));
   }
-  Result<size_t> removed = conversation.empty()
-                               ? control_.ForgetUser(kPlatform, user)
-                               : control_.Forget(ConversationKey{kPlatform, conversation, thread});
-  if (!removed.ok()) return respond(JsonError(503, "unavailable", removed.status().message()));
-  net::HttpResponse r;
-  r.body = json{{"forgotten_turns", *removed}}.dump();
-  respond(std::move(r));
+  auto done = [respond](Result<size_t> removed) {
+    if (!removed.ok()) return respond(JsonError(503, "unavailable", removed.status().message()));
+    net::HttpResponse r;
+    r.body = json{{"forgotten_turns", *removed}}.dump();
+    respond(std::move(r));
+  };
+  if (conversation.empty()) {
+    control_.ForgetUser(kPlatform, user, std::move(done));
+  } else {
+    control_.Forget(ConversationKey{kPlatform, conversation, thread}, std::move(done));
+  }
 }
 
 void WebhookAdapter::Send(OutboundMessage message, DeliveryCallback done) {

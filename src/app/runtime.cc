@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <filesystem>
 
+#include <boost/asio/post.hpp>
+
 #include <spdlog/spdlog.h>
 
 namespace parley::app {
@@ -37,6 +39,19 @@ void PlatformReplySink::Send(OutboundMessage message, DeliveryCallback done) {
   adapter->Send(std::move(message), std::move(done));
 }
 
+void MemoryControl::Forget(const ConversationKey& conversation, ForgetCallback done) {
+  boost::asio::post(work_, [this, conversation, done = std::move(done)] {
+    done(memory_.Forget(conversation));
+  });
+}
+
+void MemoryControl::ForgetUser(const std::string& platform, const std::string& user,
+                               ForgetCallback done) {
+  boost::asio::post(work_, [this, platform, user, done = std::move(done)] {
+    done(memory_.ForgetUser(platform, user));
+  });
+}
+
 Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   std::unique_ptr<Runtime> rt(new Runtime());
   rt->config = config;
@@ -56,7 +71,7 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   const Clock& clock = SystemClock::Instance();
   rt->memory = std::make_unique<store::ConversationMemory>(*rt->kv, clock,
                                                            config.store.retention_days);
-  rt->control = std::make_unique<MemoryControl>(*rt->memory);
+  rt->control = std::make_unique<MemoryControl>(*rt->memory, rt->work);
   rt->engine = std::make_unique<engine::Engine>(*rt->index, *rt->memory, clock, config.engine,
                                                 config.knowledge.grants, rt->metrics);
   engine::RouterOptions router_options;

@@ -43,18 +43,18 @@ class PlatformReplySink final : public ReplySink {
   std::map<std::string, ChannelAdapter*> adapters_;
 };
 
+// Runs deletions on the work pool (they fsync), never on an io thread.
 class MemoryControl final : public ConversationControl {
  public:
-  explicit MemoryControl(store::ConversationMemory& memory) : memory_(memory) {}
-  Result<size_t> Forget(const ConversationKey& conversation) override {
-    return memory_.Forget(conversation);
-  }
-  Result<size_t> ForgetUser(const std::string& platform, const std::string& user) override {
-    return memory_.ForgetUser(platform, user);
-  }
+  MemoryControl(store::ConversationMemory& memory, boost::asio::thread_pool& work)
+      : memory_(memory), work_(work) {}
+  void Forget(const ConversationKey& conversation, ForgetCallback done) override;
+  void ForgetUser(const std::string& platform, const std::string& user,
+                  ForgetCallback done) override;
 
  private:
   store::ConversationMemory& memory_;
+  boost::asio::thread_pool& work_;
 };
 
 // Everything a turn needs, opened from the configuration. Members are public: this is wiring.

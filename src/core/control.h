@@ -4,6 +4,7 @@
 // Thread-safety: implementations are thread-safe.
 
 #include <cstddef>
+#include <functional>
 #include <string>
 
 #include "core/message.h"
@@ -11,13 +12,18 @@
 
 namespace parley {
 
+using ForgetCallback = std::function<void(Result<size_t>)>;
+
+// The deletions are synced writes: implementations run them off the io threads and report on
+// another thread, so adapters may call these from an io thread.
 class ConversationControl {
  public:
   virtual ~ConversationControl() = default;
-  // Deletes the conversation's memory. Returns the number of turns removed.
-  virtual Result<size_t> Forget(const ConversationKey& conversation) = 0;
+  // Deletes the conversation's memory; done gets the number of turns removed.
+  virtual void Forget(const ConversationKey& conversation, ForgetCallback done) = 0;
   // Deletes what the user said on platform, and the answers to it.
-  virtual Result<size_t> ForgetUser(const std::string& platform, const std::string& user) = 0;
+  virtual void ForgetUser(const std::string& platform, const std::string& user,
+                          ForgetCallback done) = 0;
 };
 
 }  // namespace parley
