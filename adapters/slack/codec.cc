@@ -138,26 +138,6 @@ std::string Unescaped(std::string_view s) {
   return out;
 }
 
-// Entity-escapes text for mrkdwn.
-std::string Escape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      default:
-        out.push_back(c);
-    }
-  }
-  return out;
-}
 
 // True when text mentions user id as <@ID> or <@ID|label>.
 bool Mentions(std::string_view text, const std::string& id) {
@@ -508,7 +488,7 @@ std::string CitationText(const Citation& c) {
          (static_cast<unsigned char>(label.back()) & 0xC0) != 0xC0 && label.size() == 2000) {
     label.pop_back();
   }
-  if (c.url.empty()) return Escape(label);
+  if (c.url.empty()) return EscapeMrkdwn(label);
   std::string url;
   for (char ch : c.url) {
     if (ch == '|') {
@@ -519,8 +499,8 @@ std::string CitationText(const Citation& c) {
       url.push_back(ch);
     }
   }
-  if (url.size() > 900) return Escape(label);  // an absurd URL: show the title only
-  return "<" + Escape(url) + "|" + Escape(label) + ">";
+  if (url.size() > 900) return EscapeMrkdwn(label);  // an absurd URL: show the title only
+  return "<" + EscapeMrkdwn(url) + "|" + EscapeMrkdwn(label) + ">";
 }
 
 json Section(const std::string& mrkdwn) {

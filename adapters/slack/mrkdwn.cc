@@ -638,4 +638,11 @@ std::vector<std::string> SplitForSlack(std::string_view mrkdwn, size_t limit) {
   return parts;
 }
 
+std::string EscapeMrkdwn(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  AppendEscaped(out, text);
+  return out;
+}
+
 }  // namespace parley::slack

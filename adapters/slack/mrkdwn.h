@@ -21,6 +21,9 @@ namespace parley::slack {
 // characters themselves. Emphasis nested deeper than 8 levels is left as written.
 std::string MarkdownToMrkdwn(std::string_view markdown);
 
+// Entity-escapes `&`, `<` and `>` for mrkdwn text (nothing else changes).
+std::string EscapeMrkdwn(std::string_view text);
+
 // Splits mrkdwn into parts of at most limit bytes (a limit below 16 is treated as 16), preferring
 // paragraph boundaries (blank lines), then line boundaries, then whitespace, never cutting a UTF-8
 // sequence or an &…; entity. A ``` code block is never split across parts unless it alone exceeds
