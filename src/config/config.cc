@@ -24,6 +24,11 @@ namespace {
 
 constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
 
+// Whether this build runs the Slack adapter. While false, `[slack] enabled = true` is refused
+// (except with ParseOptions::allow_unavailable_adapters); the rest of [slack] is validated either
+// way. Flip when the adapter is wired into the daemon.
+constexpr bool kSlackAdapterAvailable = false;
+
 const char* TypeName(toml::node_type type) {
   switch (type) {
     case toml::node_type::table:
@@ -105,6 +110,17 @@ bool IsHttpUrl(const std::string& url) {
 }
 
 // A string value after ${...} expansion, with what was written in the file.
+// Slack ids: one of `prefixes` followed by upper-case letters and digits ("C0123ABCD").
+bool IsSlackId(std::string_view s, std::string_view prefixes) {
+  if (s.size() < 2 || prefixes.find(s[0]) == std::string_view::npos) return false;
+  return std::all_of(s.begin() + 1, s.end(),
+                     [](char c) { return (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); });
+}
+
+bool StartsWith(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+
 struct StringValue {
   std::string value;
   std::string raw;
@@ -123,7 +139,8 @@ struct ErrorLine {
 // Parses one document. Not thread-safe; one instance per parse.
 class Parser {
  public:
-  Parser(std::string file, const EnvLookup& env) : file_(std::move(file)), env_(env) {
+  Parser(std::string file, const EnvLookup& env, const ParseOptions& options)
+      : file_(std::move(file)), env_(env), options_(options) {
     config_.file = file_;
   }
 
@@ -453,6 +470,158 @@ class Parser {
     };
   }
 
+  // A string naming one of `choices`.
+  template <typename E>
+  Handler ChoiceField(E* out, std::vector<std::pair<std::string, E>> choices) {
+    return [this, out, choices = std::move(choices)](const toml::node& n, const std::string& key,
+                                                     uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      for (const auto& [name, value] : choices) {
+        if (name == v->value) {
+          *out = value;
+          return;
+        }
+      }
+      std::string list;
+      for (const auto& choice : choices) list += (list.empty() ? "" : ", ") + choice.first;
+      Error(line, key, "expected one of " + list + "; got " + v->Describe());
+    };
+  }
+
+  enum class SlackIdKind { kUser, kChannel };
+
+  // A list of Slack ids: users U…/W…, channels C…/G…. Names are refused: they can be renamed
+  // and reused, ids cannot.
+  Handler SlackIdListField(std::vector<std::string>* out, SlackIdKind kind) {
+    return [this, out, kind](const toml::node& n, const std::string& key, uint32_t line) {
+      const toml::array* a = n.as_array();
+      if (a == nullptr) {
+        Error(line, key, std::string("expected an array of strings, got ") + TypeName(n.type()));
+        return;
+      }
+      std::vector<std::string> ids;
+      bool ok = true;
+      for (size_t i = 0; i < a->size(); ++i) {
+        const toml::node& item = *a->get(i);
+        const std::string item_key = key + "[" + std::to_string(i) + "]";
+        const uint32_t item_line = LineOf(item) > 0 ? LineOf(item) : line;
+        std::optional<StringValue> v = String(item, item_key, item_line);
+        if (!v) {
+          ok = false;
+          continue;
+        }
+        const std::string& id = v->value;
+        std::string problem;
+        if (id.empty()) {
+          problem = "must not be empty";
+        } else if (kind == SlackIdKind::kChannel) {
+          if (IsSlackId(id, "D")) {
+            problem = "a DM id does not belong here: DMs follow slack.dm_policy";
+          } else if (!IsSlackId(id, "CG")) {
+            problem = "use the channel id (C…), not its name";
+          }
+        } else if (!IsSlackId(id, "UW")) {
+          problem = "use the user id (U…), not a name";
+        }
+        if (!problem.empty()) {
+          Error(item_line, item_key, problem);
+          ok = false;
+          continue;
+        }
+        ids.push_back(id);
+      }
+      if (ok) *out = std::move(ids);
+    };
+  }
+
+  // The Web API base URL: http(s), ending in "/", no user info, query or fragment; plain
+  // http:// only to a loopback host (a local test server), since the bot token travels in it.
+  Handler SlackApiBaseUrlField(std::string* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      const std::string& url = v->value;
+      if (!IsHttpUrl(url) || url.back() != '/') {
+        Error(line, key,
+              "expected an http:// or https:// URL ending in \"/\", got " + v->Describe());
+        return;
+      }
+      const size_t start = url.find("://") + 3;
+      const size_t end = url.find_first_of("/?#", start);
+      const std::string authority = url.substr(start, end - start);
+      if (authority.find('@') != std::string::npos) {
+        // Not quoted: user info may hold a password.
+        Error(line, key, "must not contain user info (user@ or user:password@)");
+        return;
+      }
+      if (url.find_first_of("?#") != std::string::npos) {
+        Error(line, key, "must not have a query or fragment, got " + v->Describe());
+        return;
+      }
+      std::string host = authority;
+      const size_t bracket = authority.find(']');
+      const size_t colon = authority.find(':', bracket == std::string::npos ? 0 : bracket);
+      if (colon != std::string::npos) {
+        Result<std::pair<std::string, uint16_t>> hp = SplitHostPort(authority);
+        if (!hp.ok()) {
+          Error(line, key,
+                "invalid host or port in " + v->Describe() + ": " + hp.status().message());
+          return;
+        }
+        host = hp->first;
+      }
+      if (host.empty()) {
+        Error(line, key, "has no host, got " + v->Describe());
+        return;
+      }
+      if (StartsWith(url, "http://") && !IsLoopbackHost(host)) {
+        Error(line, key,
+              "http:// is allowed only for a loopback host (127.0.0.0/8, [::1], localhost); "
+              "use https://, got " +
+                  v->Describe());
+        return;
+      }
+      *out = url;
+    };
+  }
+
+  Handler SlashCommandField(std::string* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      const std::string& cmd = v->value;
+      const bool spaces = std::any_of(cmd.begin(), cmd.end(), [](char c) {
+        return std::isspace(static_cast<unsigned char>(c)) || static_cast<unsigned char>(c) < 0x20;
+      });
+      if (cmd.size() < 2 || cmd[0] != '/' || spaces) {
+        Error(line, key,
+              "must be \"/\" and a name without spaces, e.g. \"/parley\", got " + v->Describe());
+        return;
+      }
+      *out = cmd;
+    };
+  }
+
+  // An emoji name for reactions.add: "eyes", not ":eyes:".
+  Handler ReactionField(std::string* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      const std::string& name = v->value;
+      const bool spaces = std::any_of(name.begin(), name.end(), [](char c) {
+        return std::isspace(static_cast<unsigned char>(c)) || static_cast<unsigned char>(c) < 0x20;
+      });
+      if (name.empty() || spaces || name.front() == ':' || name.back() == ':') {
+        Error(
+            line, key,
+            "expected an emoji name without colons or spaces, e.g. \"eyes\", got " + v->Describe());
+        return;
+      }
+      *out = name;
+    };
+  }
+
   Handler TagsField(std::vector<std::string>* out) {
     return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
       if (auto v = StringList(n, key, line, /*word=*/true)) *out = std::move(*v);
@@ -466,10 +635,6 @@ class Parser {
       const std::string key = KeyText(k.str());
       const uint32_t line = LineOf(v) > 0 ? LineOf(v) : k.source().begin.line;
       const std::string_view name = k.str();
-      if (name == "slack") {
-        ReadUnavailable(v, key, line, "this build has no Slack adapter yet");
-        continue;
-      }
       if (name == "matrix") {
         ReadUnavailable(v, key, line, "this build has no Matrix adapter yet");
         continue;
@@ -575,6 +740,36 @@ class Parser {
       };
     }
     if (name == "console") return {{"user", StringField(&c.console.user)}};
+    if (name == "slack") {
+      SlackConfig& s = c.slack;
+      return {
+          {"enabled", BoolField(&s.enabled)},
+          {"app_token", SecretField(&s.app_token)},
+          {"bot_token", SecretField(&s.bot_token)},
+          {"api_base_url", SlackApiBaseUrlField(&s.api_base_url)},
+          {"connections", IntField(&s.connections, 1, 10)},
+          {"thread_followups", BoolField(&s.thread_followups)},
+          {"mention_required", BoolField(&s.mention_required)},
+          {"dm_policy", ChoiceField(&s.dm_policy, {{"open", SlackDmPolicy::kOpen},
+                                                   {"allowlist", SlackDmPolicy::kAllowlist},
+                                                   {"disabled", SlackDmPolicy::kDisabled}})},
+          {"dm_allowlist", SlackIdListField(&s.dm_allowlist, SlackIdKind::kUser)},
+          {"channel_allowlist", SlackIdListField(&s.channel_allowlist, SlackIdKind::kChannel)},
+          {"allowed_users", SlackIdListField(&s.allowed_users, SlackIdKind::kUser)},
+          {"allow_bots", BoolField(&s.allow_bots)},
+          {"refusal", ChoiceField(&s.refusal, {{"ephemeral", SlackRefusal::kEphemeral},
+                                               {"silent", SlackRefusal::kSilent}})},
+          {"working_signal",
+           ChoiceField(&s.working_signal, {{"reaction", SlackWorkingSignal::kReaction},
+                                           {"none", SlackWorkingSignal::kNone}})},
+          {"working_reaction", ReactionField(&s.working_reaction)},
+          {"slash_command", SlashCommandField(&s.slash_command)},
+          {"feedback_buttons", BoolField(&s.feedback_buttons)},
+          {"ping_interval_ms", IntField(&s.ping_interval_ms, 1000, 600'000)},
+          {"pong_timeout_ms", IntField(&s.pong_timeout_ms, 100, 600'000)},
+          {"silence_timeout_ms", IntField(&s.silence_timeout_ms, 1000, 3'600'000)},
+      };
+    }
     return {};
   }
 
@@ -728,10 +923,89 @@ class Parser {
             "unset or empty), or set webhook.insecure_no_auth = true on a loopback "
             "server.listen, or webhook.enabled = false");
     }
+    CheckSlack();
+  }
+
+  void CheckSlack() {
+    const SlackConfig& s = config_.slack;
+    if (s.enabled && !kSlackAdapterAvailable && !options_.allow_unavailable_adapters) {
+      Error(KeyLine("slack.enabled"), "slack.enabled",
+            "this build does not run the Slack adapter yet");
+    }
+    if (s.enabled) {
+      CheckSlackToken(s.app_token, "slack.app_token", "an app-level token", "xapp-",
+                      "SLACK_APP_TOKEN");
+      CheckSlackToken(s.bot_token, "slack.bot_token", "a bot token", "xoxb-", "SLACK_BOT_TOKEN");
+    }
+
+    if (s.dm_policy == SlackDmPolicy::kAllowlist && s.dm_allowlist.empty() &&
+        !BadUnder("slack.dm_allowlist") && !Bad("slack.dm_policy")) {
+      const std::string k = Given("slack.dm_allowlist") ? "slack.dm_allowlist" : "slack.dm_policy";
+      Error(KeyLine(k), "slack.dm_allowlist",
+            "must list at least one user id when slack.dm_policy = \"allowlist\" (use "
+            "\"disabled\" to refuse every DM)");
+    }
+
+    const int64_t liveness = int64_t{s.ping_interval_ms} + s.pong_timeout_ms;
+    if (!Bad("slack.ping_interval_ms") && !Bad("slack.pong_timeout_ms") &&
+        !Bad("slack.silence_timeout_ms") && s.silence_timeout_ms <= liveness) {
+      // A healthy idle socket hears a pong once per ping interval; a shorter silence deadline
+      // would drop it.
+      std::string key = "slack.silence_timeout_ms";
+      if (!Given(key))
+        key = Given("slack.ping_interval_ms") ? "slack.ping_interval_ms" : "slack.pong_timeout_ms";
+      Error(KeyLine(key), key,
+            "slack.silence_timeout_ms (" + std::to_string(s.silence_timeout_ms) +
+                ") must be greater than slack.ping_interval_ms + slack.pong_timeout_ms (" +
+                std::to_string(liveness) + ")");
+    }
+  }
+
+  // A token of an enabled adapter: present and of the right kind. Only fixed, public token
+  // prefixes are ever named in a message, never the value.
+  void CheckSlackToken(const Secret& token, const std::string& key, const std::string& kind,
+                       std::string_view prefix, const std::string& example_var) {
+    if (Bad(key)) return;
+    uint32_t line = KeyLine(key);
+    if (line == 0) line = KeyLine("slack.enabled");
+    if (line == 0) line = KeyLine("slack");
+    const std::string& v = token.reveal();
+    if (v.empty()) {
+      Error(line, key,
+            "required when slack.enabled = true: " + kind + " (" + std::string(prefix) +
+                "…) from the environment, e.g. \"${" + example_var + "}\"" +
+                (Given(key) ? " (it is empty)" : ""));
+      return;
+    }
+    if (!StartsWith(v, prefix) || v.size() == prefix.size()) {
+      std::string what = "must be " + kind + " starting with " + std::string(prefix) +
+                         "; the variable's value does not";
+      if (v == prefix) {
+        what = "must be " + kind + " starting with " + std::string(prefix) +
+               "; the variable holds the prefix only";
+      } else if (StartsWith(v, "xoxb-")) {
+        what += " (it is a bot token, xoxb-…: are app_token and bot_token swapped?)";
+      } else if (StartsWith(v, "xapp-")) {
+        what += " (it is an app-level token, xapp-…: are app_token and bot_token swapped?)";
+      } else if (StartsWith(v, "xoxp-")) {
+        what += " (it is a user token, xoxp-…: use the bot token)";
+      }
+      Error(line, key, what);
+      return;
+    }
+    if (std::any_of(v.begin(), v.end(), [](char c) {
+          const auto u = static_cast<unsigned char>(c);
+          return u <= 0x20 || u == 0x7f;
+        })) {
+      Error(line, key,
+            "the variable's value contains whitespace or control characters (a trailing "
+            "newline?)");
+    }
   }
 
   std::string file_;
   const EnvLookup& env_;
+  const ParseOptions options_;
   Config config_;
   std::vector<ErrorLine> errors_;
   std::map<std::string, uint32_t> lines_;  // full key -> line of every key given in the file
@@ -746,14 +1020,19 @@ std::optional<std::string> ProcessEnv(const std::string& name) {
 
 }  // namespace
 
-Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env) {
+Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env,
+                           const ParseOptions& options) {
   try {
-    Parser parser(name, env);
+    Parser parser(name, env, options);
     return parser.Run(text);
   } catch (const std::exception& e) {
     return Status::Internal(name +
                             ": unexpected error while reading the configuration: " + e.what());
   }
+}
+
+Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env) {
+  return ParseConfig(text, name, env, ParseOptions{});
 }
 
 Result<Config> ParseConfig(const std::string& text, const std::string& name) {

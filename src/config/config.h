@@ -97,6 +97,54 @@ struct ConsoleConfig {
   std::string user = "";  // user id in the console; empty = $USER
 };
 
+// Who may DM the bot.
+enum class SlackDmPolicy {
+  kOpen,       // everyone (subject to allowed_users)
+  kAllowlist,  // only the users in dm_allowlist
+  kDisabled,   // nobody
+};
+
+// What a refused user sees.
+enum class SlackRefusal {
+  kEphemeral,  // one polite note visible only to them
+  kSilent,     // nothing
+};
+
+// How the bot shows that a turn is running.
+enum class SlackWorkingSignal {
+  kReaction,  // a reaction (working_reaction) on the question, removed when the answer lands
+  kNone,
+};
+
+// The Slack adapter (Socket Mode in, Web API out). Ids are Slack ids, never names: users
+// U…/W…, channels C…/G….
+struct SlackConfig {
+  bool enabled = false;
+  Secret app_token;  // app-level token (xapp-…) for apps.connections.open; required if enabled
+  Secret bot_token;  // bot token (xoxb-…) for the Web API; required if enabled
+  // Web API base; method names are appended. http(s), ends with "/"; http:// only to a
+  // loopback host (test servers).
+  std::string api_base_url = "https://slack.com/api/";
+  int connections = 2;           // Socket Mode sockets held open at once, 1..10
+  bool thread_followups = true;  // messages in a thread the bot answered count as addressed to it
+  bool mention_required = true;  // in channels, answer only @mentions (and follow-ups, above)
+  SlackDmPolicy dm_policy = SlackDmPolicy::kOpen;
+  std::vector<std::string> dm_allowlist;       // user ids; used when dm_policy is kAllowlist
+  std::vector<std::string> channel_allowlist;  // channel ids; empty = every channel it is in
+  std::vector<std::string> allowed_users;      // user ids; empty = everyone
+  bool allow_bots = false;                     // answer other bots' messages
+  SlackRefusal refusal = SlackRefusal::kEphemeral;
+  SlackWorkingSignal working_signal = SlackWorkingSignal::kReaction;
+  std::string working_reaction = "eyes";  // emoji name, without colons
+  std::string slash_command = "/parley";
+  bool feedback_buttons = true;   // helpful / not helpful buttons under answers
+  int ping_interval_ms = 10'000;  // the client pings each socket this often
+  int pong_timeout_ms = 5'000;    // no pong within this: the socket is dead
+  // A socket that delivers nothing (not even pongs) for this long is dead. Greater than
+  // ping_interval_ms + pong_timeout_ms.
+  int silence_timeout_ms = 120'000;
+};
+
 struct Config {
   std::string file;  // the path it was loaded from
   RuntimeConfig runtime;
@@ -109,6 +157,7 @@ struct Config {
   LlmConfig llm;
   WebhookConfig webhook;
   ConsoleConfig console;
+  SlackConfig slack;
 };
 
 // Reads and validates the file. Relative paths (store.path, also its default, knowledge source
@@ -118,7 +167,8 @@ struct Config {
 // problem; all problems found are returned together, joined by "\n", in one InvalidArgument
 // status. KEY is the full dotted key, e.g. "server.listen" or "knowledge.sources[0].path".
 // A file that cannot be read gives NotFound (missing) or IoError. No error message ever contains
-// the value of a secret (webhook.secret, llm.api_key).
+// the value of a secret (webhook.secret, llm.api_key, slack.app_token, slack.bot_token).
+// Sections of features this build does not run yet (e.g. `[slack] enabled = true`) are refused.
 Result<Config> LoadConfig(const std::string& path);
 
 // Same, from text; `name` is used in error messages as the file name and stored in Config::file.
@@ -130,6 +180,16 @@ using EnvLookup = std::function<std::optional<std::string>(const std::string& na
 // Same, with the environment injected (tests). ParseConfig(text, name) uses the process
 // environment (getenv).
 Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env);
+
+struct ParseOptions {
+  // Tests only: accept `enabled = true` for adapters this build does not run yet (today:
+  // [slack]), so their sections can be parsed and validated in full. Every other check applies.
+  bool allow_unavailable_adapters = false;
+};
+
+// Same, with options.
+Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env,
+                           const ParseOptions& options);
 
 // Splits "HOST:PORT" into host and port. HOST is an IPv4 address, an IPv6 address in brackets
 // ("[::1]:8080"; returned without the brackets) or a DNS host name; PORT is 0..65535 in decimal.

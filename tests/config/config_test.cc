@@ -351,6 +351,10 @@ TEST(ConfigTest, ErrorMessagesNeverContainSecretValues) {
       // A literal secret in the file.
       kSource + "[webhook]\nsecret = \"" + kValue + "\"\n",
       kSource + "[webhook]\nsecret = \"${NOPE:-" + kValue + "}\"\n",
+      // Slack tokens of the wrong kind, literal or with a literal default.
+      kBase + "[slack]\nenabled = true\napp_token = \"${S}\"\nbot_token = \"${S}\"\n",
+      kBase + "[slack]\napp_token = \"" + kValue + "\"\nbot_token = \"${X:-" + kValue + "}\"\n",
+      kBase + "[slack]\napi_base_url = \"https://u:" + kValue + "@slack.example/api/\"\n",
   };
   for (const std::string& text : texts) {
     std::string m = ErrorOf(text, env);
@@ -590,7 +594,11 @@ TEST(ConfigTest, SeveralErrorsReportedTogetherInFileOrder) {
             "t.toml:4: engine.max_passages: expected an integer, got a string\n"
             "t.toml:6: store.pathh: unknown key\n"
             "t.toml:8: server.listen: expected \"HOST:PORT\", got \"nowhere\"\n"
-            "t.toml:10: slack: this build has no Slack adapter yet\n"
+            "t.toml:10: slack.enabled: this build does not run the Slack adapter yet\n"
+            "t.toml:10: slack.app_token: required when slack.enabled = true: an app-level token "
+            "(xapp-…) from the environment, e.g. \"${SLACK_APP_TOKEN}\"\n"
+            "t.toml:10: slack.bot_token: required when slack.enabled = true: a bot token "
+            "(xoxb-…) from the environment, e.g. \"${SLACK_BOT_TOKEN}\"\n"
             "t.toml: knowledge.sources: at least one source is required");
 }
 
@@ -600,8 +608,6 @@ TEST(ConfigTest, FutureSectionsOnlyDisabled) {
   ParseOk(kBase +
           "[slack]\nenabled = false\n[matrix]\nenabled = false\n[tools]\n[escalation]\n"
           "enabled = false\n");
-  EXPECT_EQ(ErrorOf(kBase + "[slack]\nenabled = true\n"),
-            "t.toml:6: slack: this build has no Slack adapter yet");
   EXPECT_EQ(ErrorOf(kBase + "[matrix]\nenabled = false\nhomeserver = \"https://m.org\"\n"),
             "t.toml:7: matrix: this build has no Matrix adapter yet");
   EXPECT_EQ(ErrorOf(kBase + "[tools]\nenabled = true\n"),
@@ -611,6 +617,7 @@ TEST(ConfigTest, FutureSectionsOnlyDisabled) {
   EXPECT_EQ(ErrorOf(kBase + "[tools]\nenabled = \"no\"\n"),
             "t.toml:6: tools.enabled: expected a boolean (true or false), got a string");
   EXPECT_EQ(ErrorOf("slack = 1\n" + kBase), "t.toml:1: slack: expected a table, got an integer");
+  EXPECT_EQ(ErrorOf("matrix = 1\n" + kBase), "t.toml:1: matrix: expected a table, got an integer");
 }
 
 TEST(ConfigTest, LlmOnlyDisabled) {

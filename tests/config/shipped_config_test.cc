@@ -74,6 +74,9 @@ TEST(ShippedConfigTest, LoadsAndIsTheLocalDevelopmentSetup) {
   EXPECT_TRUE(c.webhook.secret.empty());
   EXPECT_FALSE(c.llm.enabled);
   EXPECT_TRUE(c.llm.api_key.empty());
+  EXPECT_FALSE(c.slack.enabled);
+  EXPECT_TRUE(c.slack.app_token.empty());
+  EXPECT_TRUE(c.slack.bot_token.empty());
 }
 
 TEST(ShippedConfigTest, WebhookSecretComesFromTheEnvironment) {
@@ -126,6 +129,26 @@ const std::set<std::string> kAllKeys = {
     "webhook.delivery_timeout_ms",
     "webhook.delivery_max_attempts",
     "console.user",
+    "slack.enabled",
+    "slack.app_token",
+    "slack.bot_token",
+    "slack.api_base_url",
+    "slack.connections",
+    "slack.thread_followups",
+    "slack.mention_required",
+    "slack.dm_policy",
+    "slack.dm_allowlist",
+    "slack.channel_allowlist",
+    "slack.allowed_users",
+    "slack.allow_bots",
+    "slack.refusal",
+    "slack.working_signal",
+    "slack.working_reaction",
+    "slack.slash_command",
+    "slack.feedback_buttons",
+    "slack.ping_interval_ms",
+    "slack.pong_timeout_ms",
+    "slack.silence_timeout_ms",
 };
 
 // A key line, commented out or not: "key = value" with a TOML-looking value.
@@ -173,6 +196,8 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   Result<Config> r = ParseConfig(uncommented, "uncommented.toml",
                                  [](const std::string& name) -> std::optional<std::string> {
                                    if (name == "PARLEY_LLM_API_KEY") return "k";
+                                   if (name == "SLACK_APP_TOKEN") return "xapp-1-A1-1-x";
+                                   if (name == "SLACK_BOT_TOKEN") return "xoxb-1-2-x";
                                    return std::nullopt;
                                  });
   ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -206,25 +231,45 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.webhook.delivery_timeout_ms, d.webhook.delivery_timeout_ms);
   EXPECT_EQ(c.webhook.delivery_max_attempts, d.webhook.delivery_max_attempts);
   EXPECT_EQ(c.console.user, d.console.user);
+  EXPECT_EQ(c.slack.enabled, d.slack.enabled);
+  EXPECT_EQ(c.slack.api_base_url, d.slack.api_base_url);
+  EXPECT_EQ(c.slack.connections, d.slack.connections);
+  EXPECT_EQ(c.slack.thread_followups, d.slack.thread_followups);
+  EXPECT_EQ(c.slack.mention_required, d.slack.mention_required);
+  EXPECT_EQ(c.slack.dm_policy, d.slack.dm_policy);
+  EXPECT_EQ(c.slack.dm_allowlist, d.slack.dm_allowlist);
+  EXPECT_EQ(c.slack.channel_allowlist, d.slack.channel_allowlist);
+  EXPECT_EQ(c.slack.allowed_users, d.slack.allowed_users);
+  EXPECT_EQ(c.slack.allow_bots, d.slack.allow_bots);
+  EXPECT_EQ(c.slack.refusal, d.slack.refusal);
+  EXPECT_EQ(c.slack.working_signal, d.slack.working_signal);
+  EXPECT_EQ(c.slack.working_reaction, d.slack.working_reaction);
+  EXPECT_EQ(c.slack.slash_command, d.slack.slash_command);
+  EXPECT_EQ(c.slack.feedback_buttons, d.slack.feedback_buttons);
+  EXPECT_EQ(c.slack.ping_interval_ms, d.slack.ping_interval_ms);
+  EXPECT_EQ(c.slack.pong_timeout_ms, d.slack.pong_timeout_ms);
+  EXPECT_EQ(c.slack.silence_timeout_ms, d.slack.silence_timeout_ms);
   // The examples.
   EXPECT_EQ(c.server.admin_listen, "127.0.0.1:9090");
   EXPECT_EQ(c.llm.api_key.reveal(), "k");
+  EXPECT_EQ(c.slack.app_token.reveal(), "xapp-1-A1-1-x");
+  EXPECT_EQ(c.slack.bot_token.reveal(), "xoxb-1-2-x");
   EXPECT_EQ(c.knowledge.grants.size(), 1u);
 }
 
 TEST(ShippedConfigTest, HoldsNoLiteralSecrets) {
   const std::string text = ReadFile(ShippedPath());
-  const std::regex secret_line(R"re(^#? ?(secret|api_key|token|password) = "(.*)")re");
+  const std::regex secret_line(R"re(^#? ?([a-z_]*_)?(secret|api_key|token|password) = "(.*)")re");
   std::istringstream in(text);
   int secrets = 0;
   for (std::string line; std::getline(in, line);) {
     std::smatch m;
     if (std::regex_search(line, m, secret_line)) {
       ++secrets;
-      EXPECT_EQ(std::string(m[2]).rfind("${", 0), 0u) << line;
+      EXPECT_EQ(std::string(m[3]).rfind("${", 0), 0u) << line;
     }
   }
-  EXPECT_GE(secrets, 2);
+  EXPECT_GE(secrets, 4);
 }
 
 }  // namespace
