@@ -1,0 +1,820 @@
+// websocketpp 0.8.2 uses Boost.Asio's deprecated names (io_service, ...): this translation unit
+// must not see the project-wide BOOST_ASIO_NO_DEPRECATED. Nothing from Asio crosses the header.
+#undef BOOST_ASIO_NO_DEPRECATED
+
+#include "tests/fakes/slack/slack_server.h"
+
+#include <algorithm>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <websocketpp/config/asio_no_tls.hpp>
+#include <websocketpp/server.hpp>
+
+#include "net/http.h"
+
+namespace parley::testing {
+namespace {
+
+using Json = nlohmann::json;
+using WsServer = websocketpp::server<websocketpp::config::asio>;
+using Hdl = websocketpp::connection_hdl;
+using Clock = std::chrono::steady_clock;
+
+std::string PercentDecode(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out += ' ';
+    } else if (s[i] == '%' && i + 2 < s.size()) {
+      unsigned int v = 0;
+      if (std::sscanf(std::string(s.substr(i + 1, 2)).c_str(), "%2x", &v) == 1) {
+        out += static_cast<char>(v);
+        i += 2;
+      } else {
+        out += s[i];
+      }
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+// application/x-www-form-urlencoded (or a query string) into a flat JSON object of strings.
+Json ParseForm(std::string_view body) {
+  Json out = Json::object();
+  size_t pos = 0;
+  while (pos <= body.size()) {
+    size_t amp = body.find('&', pos);
+    if (amp == std::string_view::npos) amp = body.size();
+    std::string_view part = body.substr(pos, amp - pos);
+    if (!part.empty()) {
+      size_t eq = part.find('=');
+      std::string key = PercentDecode(part.substr(0, eq));
+      std::string value = eq == std::string_view::npos ? "" : PercentDecode(part.substr(eq + 1));
+      out[key] = value;
+    }
+    pos = amp + 1;
+  }
+  return out;
+}
+
+std::string StringArg(const Json& args, const char* key) {
+  auto it = args.find(key);
+  if (it == args.end() || it->is_null()) return "";
+  if (it->is_string()) return it->get<std::string>();
+  return it->dump();
+}
+
+// Form arguments carry JSON-valued fields (blocks, metadata) as strings.
+Json JsonArg(const Json& args, const char* key) {
+  auto it = args.find(key);
+  if (it == args.end() || it->is_null()) return nullptr;
+  if (it->is_string()) {
+    Json parsed = Json::parse(it->get<std::string>(), nullptr, false);
+    return parsed.is_discarded() ? Json(*it) : parsed;
+  }
+  return *it;
+}
+
+net::HttpResponse JsonResponse(const Json& body, int status = 200) {
+  net::HttpResponse r;
+  r.status = status;
+  r.content_type = "application/json; charset=utf-8";
+  r.body = body.dump();
+  return r;
+}
+
+net::HttpResponse SlackError(const std::string& error) {
+  return JsonResponse(Json{{"ok", false}, {"error", error}});
+}
+
+}  // namespace
+
+class SlackServer::Impl {
+ public:
+  explicit Impl(SlackServerOptions options)
+      : options_(std::move(options)), guard_(io_.get_executor()) {
+    for (const auto& c : options_.channels) channels_.insert(c);
+    http_ = std::make_unique<net::HttpServer>(
+        io_, net::HttpServerOptions{},
+        [this](net::HttpRequest req, net::Responder respond) { respond(HandleHttp(req)); });
+    api_port_ = http_->ListenTcp("127.0.0.1", 0).value();
+
+    ws_.clear_access_channels(websocketpp::log::alevel::all);
+    ws_.clear_error_channels(websocketpp::log::elevel::all);
+    ws_.init_asio(&io_);
+    ws_.set_reuse_addr(true);
+    ws_.set_validate_handler([this](Hdl h) { return OnValidate(h); });
+    ws_.set_open_handler([this](Hdl h) { OnOpen(h); });
+    ws_.set_close_handler([this](Hdl h) { OnGone(h); });
+    ws_.set_fail_handler([this](Hdl h) { OnGone(h); });
+    ws_.set_message_handler([this](Hdl h, WsServer::message_ptr m) { OnMessage(h, m); });
+    ws_.set_ping_handler([this](Hdl h, std::string) { return OnPing(h); });
+    ws_.set_pong_handler([this](Hdl, std::string) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++counters_.pongs_received;
+      Changed();
+    });
+    websocketpp::lib::error_code ec;
+    ws_.listen(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0), ec);
+    if (!ec) ws_.start_accept(ec);
+    if (ec) std::abort();  // a test fixture that cannot listen is useless
+    boost::system::error_code bec;
+    ws_port_ = ws_.get_local_endpoint(bec).port();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  ~Impl() {
+    RunOnIo([this] {
+      websocketpp::lib::error_code ec;
+      ws_.stop_listening(ec);
+      for (auto& [id, c] : conns_) {
+        ws_.close(c.hdl, websocketpp::close::status::going_away, "server shutdown", ec);
+      }
+      for (auto& [id, p] : pending_) {
+        if (p.timer) p.timer->cancel();
+      }
+    });
+    http_->Stop();
+    // Whatever is still open is cut (the io thread stops right after).
+    RunOnIo([this] {
+      websocketpp::lib::error_code ec;
+      for (auto& [id, c] : conns_) {
+        WsServer::connection_ptr con = ws_.get_con_from_hdl(c.hdl, ec);
+        boost::system::error_code bec;
+        if (con) con->get_raw_socket().close(bec);
+      }
+    });
+    guard_.reset();
+    io_.stop();
+    thread_.join();
+    http_.reset();
+  }
+
+  // ---------------- HTTP ----------------
+
+  net::HttpResponse HandleHttp(const net::HttpRequest& req) {
+    const std::string prefix = "/api/";
+    if (req.path.compare(0, prefix.size(), prefix) != 0) {
+      return JsonResponse(Json{{"ok", false}, {"error", "not_found"}}, 404);
+    }
+    std::string method = req.path.substr(prefix.size());
+    Json args = ParseForm(req.query);
+    std::string content_type = net::FindHeader(req.headers, "Content-Type");
+    if (!req.body.empty()) {
+      if (content_type.find("application/json") != std::string::npos) {
+        Json body = Json::parse(req.body, nullptr, false);
+        if (body.is_discarded() || !body.is_object()) return SlackError("invalid_json");
+        for (auto& [k, v] : body.items()) args[k] = v;
+      } else {
+        for (auto& [k, v] : ParseForm(req.body).items()) args[k] = v;
+      }
+    }
+    std::string token;
+    std::string auth = net::FindHeader(req.headers, "Authorization");
+    if (auth.compare(0, 7, "Bearer ") == 0) {
+      token = auth.substr(7);
+    } else if (content_type.find("application/json") == std::string::npos) {
+      token = StringArg(args, "token");  // form field (never for JSON bodies)
+    }
+
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.api_calls;
+    Changed();
+    if (auto it = rate_limit_next_.find(method); it != rate_limit_next_.end() && it->second.n > 0) {
+      --it->second.n;
+      return RateLimited(it->second.retry_after_s);
+    }
+    if (auto it = fail_next_.find(method); it != fail_next_.end() && it->second.n > 0) {
+      --it->second.n;
+      ++counters_.errors_served;
+      return JsonResponse(Json{{"ok", false}, {"error", "fatal_error"}}, it->second.status);
+    }
+
+    if (method == "apps.connections.open") {
+      if (token.empty()) return SlackError("not_authed");
+      if (token != options_.app_token) return SlackError("invalid_auth");
+      std::string ticket = "tk" + std::to_string(++next_ticket_) + "x" + std::to_string(ws_port_);
+      tickets_.insert(ticket);
+      return JsonResponse(
+          Json{{"ok", true},
+               {"url", "ws://127.0.0.1:" + std::to_string(ws_port_) + "/link/?ticket=" + ticket}});
+    }
+    if (method != "auth.test" && method != "chat.postMessage" && method != "chat.update" &&
+        method != "chat.postEphemeral" && method != "reactions.add" &&
+        method != "reactions.remove") {
+      return SlackError("unknown_method");
+    }
+    if (token.empty()) return SlackError("not_authed");
+    if (token != options_.bot_token) return SlackError("invalid_auth");
+    if (method == "auth.test") {
+      return JsonResponse(Json{{"ok", true},
+                               {"url", "https://fake.slack.com/"},
+                               {"team", "Fake"},
+                               {"user", "parley"},
+                               {"team_id", options_.team_id},
+                               {"user_id", options_.bot_user_id},
+                               {"bot_id", options_.bot_id}});
+    }
+
+    std::string channel = StringArg(args, "channel");
+    if (method == "reactions.add" || method == "reactions.remove") {
+      SlackReaction r;
+      r.added = method == "reactions.add";
+      r.channel = channel;
+      r.timestamp = StringArg(args, "timestamp");
+      r.name = StringArg(args, "name");
+      if (r.channel.empty() || r.timestamp.empty() || r.name.empty()) {
+        return SlackError("invalid_arguments");
+      }
+      if (!channels_.count(channel)) return SlackError("channel_not_found");
+      auto key = std::make_tuple(r.channel, r.timestamp, r.name);
+      if (r.added && !reacted_.insert(key).second) return SlackError("already_reacted");
+      if (!r.added && reacted_.erase(key) == 0) return SlackError("no_reaction");
+      reactions_.push_back(r);
+      return JsonResponse(Json{{"ok", true}});
+    }
+
+    SlackPostedMessage m;
+    m.method = method;
+    m.channel = channel;
+    m.text = StringArg(args, "text");
+    m.thread_ts = StringArg(args, "thread_ts");
+    m.user = StringArg(args, "user");
+    m.blocks = JsonArg(args, "blocks");
+    m.metadata = JsonArg(args, "metadata");
+    m.args = args;
+    bool has_content = !m.text.empty() || (m.blocks.is_array() && !m.blocks.empty());
+    if (channel.empty() || !has_content) return SlackError("invalid_arguments");
+    if (m.blocks.is_array() && m.blocks.size() > 50) return SlackError("invalid_blocks");
+    if (m.text.size() > 40000) return SlackError("msg_too_long");
+    if (!channels_.count(channel)) return SlackError("channel_not_found");
+
+    if (method == "chat.postMessage") {
+      if (budget_per_second_ > 0) {
+        Bucket& b = buckets_[channel];
+        auto now = Clock::now();
+        if (!b.init) {
+          b = Bucket{true, static_cast<double>(budget_burst_), now};
+        } else {
+          double dt = std::chrono::duration<double>(now - b.last).count();
+          b.tokens = std::min<double>(budget_burst_, b.tokens + dt * budget_per_second_);
+          b.last = now;
+        }
+        if (b.tokens < 1.0) {
+          int wait = static_cast<int>(std::ceil((1.0 - b.tokens) / budget_per_second_));
+          return RateLimited(std::max(1, wait));
+        }
+        b.tokens -= 1.0;
+      }
+      m.ts = NextTs();
+      Json message{{"type", "message"},         {"text", m.text}, {"user", options_.bot_user_id},
+                   {"bot_id", options_.bot_id}, {"ts", m.ts},     {"team", options_.team_id}};
+      if (!m.thread_ts.empty()) message["thread_ts"] = m.thread_ts;
+      if (!m.blocks.is_null()) message["blocks"] = m.blocks;
+      if (!m.metadata.is_null()) message["metadata"] = m.metadata;
+      known_ts_.insert(channel + "/" + m.ts);
+      messages_.push_back(m);
+      if (options_.echo_bot_posts) {
+        Json echo = message;
+        echo["channel"] = channel;
+        echo["channel_type"] = channel.compare(0, 1, "D") == 0 ? "im" : "channel";
+        echo["event_ts"] = m.ts;
+        EnqueueEventLocked(echo);
+      }
+      return JsonResponse(
+          Json{{"ok", true}, {"channel", channel}, {"ts", m.ts}, {"message", message}});
+    }
+    if (method == "chat.update") {
+      m.ts = StringArg(args, "ts");
+      if (m.ts.empty()) return SlackError("invalid_arguments");
+      if (!known_ts_.count(channel + "/" + m.ts)) return SlackError("message_not_found");
+      messages_.push_back(m);
+      return JsonResponse(Json{{"ok", true},
+                               {"channel", channel},
+                               {"ts", m.ts},
+                               {"text", m.text},
+                               {"message", Json{{"text", m.text}}}});
+    }
+    // chat.postEphemeral
+    if (m.user.empty()) return SlackError("invalid_arguments");
+    m.ts = NextTs();
+    messages_.push_back(m);
+    return JsonResponse(Json{{"ok", true}, {"message_ts", m.ts}});
+  }
+
+  net::HttpResponse RateLimited(int retry_after_s) {
+    ++counters_.ratelimited_served;
+    net::HttpResponse r = JsonResponse(Json{{"ok", false}, {"error", "ratelimited"}}, 429);
+    r.headers.emplace_back("Retry-After", std::to_string(retry_after_s));
+    return r;
+  }
+
+  std::string NextTs() {
+    uint64_t micros = 100 * (++next_ts_);
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%llu.%06llu",
+                  static_cast<unsigned long long>(1700000000 + micros / 1000000),
+                  static_cast<unsigned long long>(micros % 1000000));
+    return buf;
+  }
+
+  // ---------------- WebSocket ----------------
+
+  bool OnValidate(Hdl h) {
+    websocketpp::lib::error_code ec;
+    WsServer::connection_ptr con = ws_.get_con_from_hdl(h, ec);
+    if (!con) return false;
+    std::string resource = con->get_resource();
+    std::string ticket;
+    size_t q = resource.find('?');
+    if (resource.compare(0, 6, "/link/") == 0 && q != std::string::npos) {
+      ticket = StringArg(ParseForm(std::string_view(resource).substr(q + 1)), "ticket");
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ticket.empty() || tickets_.erase(ticket) == 0) {
+      ++counters_.handshakes_rejected;
+      Changed();
+      con->set_status(websocketpp::http::status_code::unauthorized);
+      return false;
+    }
+    return true;
+  }
+
+  void OnOpen(Hdl h) {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++counters_.connections_opened;
+    websocketpp::lib::error_code ec;
+    if (static_cast<int>(conns_.size()) >= options_.max_connections) {
+      ++counters_.too_many_websockets;
+      Changed();
+      lock.unlock();
+      ws_.send(h, DisconnectFrame("too_many_websockets").dump(), websocketpp::frame::opcode::text,
+               ec);
+      ws_.close(h, websocketpp::close::status::policy_violation, "too_many_websockets", ec);
+      return;
+    }
+    int id = ++next_conn_id_;
+    conns_[id] = Conn{h, false};
+    ids_[h] = id;
+    counters_.connections_open = conns_.size();
+    Json hello{{"type", "hello"},
+               {"num_connections", conns_.size()},
+               {"debug_info", {{"host", "fake"}, {"approximate_connection_time", 3600}}},
+               {"connection_info", {{"app_id", options_.app_id}}}};
+    ws_.send(h, hello.dump(), websocketpp::frame::opcode::text, ec);
+    Changed();
+    FlushQueueLocked();
+  }
+
+  void OnGone(Hdl h) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = ids_.find(h);
+    if (it == ids_.end()) return;
+    conns_.erase(it->second);
+    ids_.erase(it);
+    counters_.connections_open = conns_.size();
+    Changed();
+  }
+
+  bool OnPing(Hdl h) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.pings_received;
+    Changed();
+    auto it = ids_.find(h);
+    if (!answer_pings_) return false;
+    if (it != ids_.end() && conns_[it->second].zombie) return false;
+    return true;
+  }
+
+  void OnMessage(Hdl h, const WsServer::message_ptr& msg) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::string& text = msg->get_payload();
+    frames_.push_back(text);
+    int conn_id = 0;
+    if (auto it = ids_.find(h); it != ids_.end()) conn_id = it->second;
+    Json j = Json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("envelope_id") ||
+        !j["envelope_id"].is_string()) {
+      ++counters_.malformed_frames_received;
+      Changed();
+      return;
+    }
+    SlackAck ack;
+    ack.envelope_id = j["envelope_id"].get<std::string>();
+    if (j.contains("payload")) ack.payload = j["payload"];
+    ack.connection_id = conn_id;
+    auto p = pending_.find(ack.envelope_id);
+    if (p != pending_.end()) {
+      ack.known = true;
+      if (p->second.timer) p->second.timer->cancel();
+      pending_.erase(p);
+    }
+    acks_.push_back(ack);
+    ++counters_.acks;
+    Changed();
+  }
+
+  Json DisconnectFrame(const std::string& reason) const {
+    return Json{{"type", "disconnect"}, {"reason", reason}, {"debug_info", {{"host", "fake"}}}};
+  }
+
+  // An envelope waiting to be written, or written and waiting for its ack.
+  struct Envelope {
+    std::string envelope_id;
+    std::string type;
+    std::string event_id;
+    Json payload;
+    int retry_attempt = 0;
+    std::string retry_reason;
+    std::shared_ptr<boost::asio::steady_timer> timer;
+  };
+
+  std::string NewEnvelopeId() { return "env-" + std::to_string(++next_envelope_) + "-fake"; }
+
+  // With mu_ held: wraps `event` in an event_callback payload and queues an events_api envelope.
+  std::string EnqueueEventLocked(const Json& event) {
+    const auto& o = options_;
+    Envelope e;
+    e.envelope_id = NewEnvelopeId();
+    e.type = "events_api";
+    e.event_id = "Ev" + std::to_string(1000000 + ++next_event_) + "FAKE";
+    auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+    e.payload = Json{{"token", "fake-verification-token"},
+                     {"team_id", o.team_id},
+                     {"api_app_id", o.app_id},
+                     {"event", event},
+                     {"type", "event_callback"},
+                     {"event_id", e.event_id},
+                     {"event_time", now},
+                     {"authorizations", Json::array({Json{{"enterprise_id", nullptr},
+                                                          {"team_id", o.team_id},
+                                                          {"user_id", o.bot_user_id},
+                                                          {"is_bot", true},
+                                                          {"is_enterprise_install", false}}})},
+                     {"is_ext_shared_channel", false}};
+    std::string id = e.event_id;
+    EnqueueLocked(std::move(e));
+    return id;
+  }
+
+  // Called with mu_ held, on any thread: queues and schedules a flush on the io thread.
+  void EnqueueLocked(Envelope e) {
+    queue_.push_back(std::move(e));
+    boost::asio::post(io_, [this] {
+      std::lock_guard<std::mutex> lock(mu_);
+      FlushQueueLocked();
+    });
+  }
+
+  // On the io thread with mu_ held: writes queued envelopes to healthy sockets, round-robin.
+  void FlushQueueLocked() {
+    while (!queue_.empty()) {
+      int conn_id = PickConnLocked();
+      if (conn_id == 0) return;
+      Envelope e = std::move(queue_.front());
+      queue_.erase(queue_.begin());
+      Json frame{{"envelope_id", e.envelope_id},
+                 {"type", e.type},
+                 {"payload", e.payload},
+                 {"accepts_response_payload", e.type != "events_api"},
+                 {"retry_attempt", e.retry_attempt},
+                 {"retry_reason", e.retry_reason}};
+      websocketpp::lib::error_code ec;
+      ws_.send(conns_[conn_id].hdl, frame.dump(), websocketpp::frame::opcode::text, ec);
+      deliveries_.push_back(
+          SlackDelivery{e.envelope_id, e.type, e.event_id, e.retry_attempt, conn_id});
+      ++counters_.envelopes_delivered;
+      if (e.retry_attempt > 0) ++counters_.redeliveries;
+      Changed();
+      e.timer = std::make_shared<boost::asio::steady_timer>(
+          io_, std::chrono::milliseconds(options_.ack_deadline_ms));
+      std::string id = e.envelope_id;
+      e.timer->async_wait([this, id](const boost::system::error_code& tec) {
+        if (tec) return;
+        OnAckTimeout(id);
+      });
+      pending_[id] = std::move(e);
+    }
+  }
+
+  int PickConnLocked() {
+    std::vector<int> healthy;
+    for (auto& [id, c] : conns_) {
+      if (!c.zombie) healthy.push_back(id);
+    }
+    if (healthy.empty()) return 0;
+    return healthy[(rr_++) % healthy.size()];
+  }
+
+  void OnAckTimeout(const std::string& envelope_id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(envelope_id);
+    if (it == pending_.end()) return;
+    Envelope e = std::move(it->second);
+    pending_.erase(it);
+    if (e.type != "events_api" || e.retry_attempt >= options_.max_retries) return;
+    e.envelope_id = NewEnvelopeId();
+    e.retry_attempt += 1;
+    e.retry_reason = "timeout";
+    e.timer.reset();
+    queue_.push_back(std::move(e));
+    FlushQueueLocked();
+  }
+
+  // Runs f on the io thread and waits for it.
+  void RunOnIo(std::function<void()> f) {
+    std::promise<void> done;
+    boost::asio::post(io_, [&] {
+      f();
+      done.set_value();
+    });
+    done.get_future().wait();
+  }
+
+  void Changed() {
+    ++generation_;
+    cv_.notify_all();
+  }
+
+  struct Conn {
+    Hdl hdl;
+    bool zombie = false;
+  };
+  struct Limit {
+    int n = 0;
+    int retry_after_s = 1;
+  };
+  struct Failure {
+    int n = 0;
+    int status = 500;
+  };
+  struct Bucket {
+    bool init = false;
+    double tokens = 0;
+    Clock::time_point last;
+  };
+
+  SlackServerOptions options_;
+  boost::asio::io_context io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> guard_;
+  std::unique_ptr<net::HttpServer> http_;
+  WsServer ws_;
+  std::thread thread_;
+  uint16_t api_port_ = 0;
+  uint16_t ws_port_ = 0;
+
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  uint64_t generation_ = 0;
+  std::set<std::string> channels_;
+  std::set<std::string> tickets_;
+  uint64_t next_ticket_ = 0;
+  uint64_t next_ts_ = 0;
+  uint64_t next_envelope_ = 0;
+  uint64_t next_event_ = 0;
+  int next_conn_id_ = 0;
+  size_t rr_ = 0;
+  bool answer_pings_ = true;
+  std::map<std::string, Limit> rate_limit_next_;
+  std::map<std::string, Failure> fail_next_;
+  double budget_per_second_ = 0;
+  int budget_burst_ = 1;
+  std::map<std::string, Bucket> buckets_;
+  std::set<std::tuple<std::string, std::string, std::string>> reacted_;
+  std::set<std::string> known_ts_;
+  std::map<int, Conn> conns_;
+  std::map<Hdl, int, std::owner_less<Hdl>> ids_;
+  std::vector<Envelope> queue_;
+  std::map<std::string, Envelope> pending_;
+  std::vector<SlackPostedMessage> messages_;
+  std::vector<SlackReaction> reactions_;
+  std::vector<SlackDelivery> deliveries_;
+  std::vector<SlackAck> acks_;
+  std::vector<std::string> frames_;
+  SlackCounters counters_;
+
+  friend class SlackServer;
+};
+
+SlackServer::SlackServer(SlackServerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
+SlackServer::~SlackServer() = default;
+
+uint16_t SlackServer::api_port() const { return impl_->api_port_; }
+uint16_t SlackServer::ws_port() const { return impl_->ws_port_; }
+std::string SlackServer::ApiBaseUrl() const {
+  return "http://127.0.0.1:" + std::to_string(impl_->api_port_) + "/api/";
+}
+const SlackServerOptions& SlackServer::options() const { return impl_->options_; }
+
+void SlackServer::AddChannel(const std::string& channel_id) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  impl_->channels_.insert(channel_id);
+}
+
+void SlackServer::RateLimitNext(const std::string& method, int n, int retry_after_s) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  impl_->rate_limit_next_[method] = Impl::Limit{n, retry_after_s};
+}
+
+void SlackServer::FailNext(const std::string& method, int n, int status) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  impl_->fail_next_[method] = Impl::Failure{n, status};
+}
+
+void SlackServer::SetPostMessageBudget(double per_second, int burst) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  impl_->budget_per_second_ = per_second;
+  impl_->budget_burst_ = std::max(1, burst);
+  impl_->buckets_.clear();
+}
+
+std::string SlackServer::SendEvent(const nlohmann::json& event) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->EnqueueEventLocked(event);
+}
+
+std::string SlackServer::SendSlashCommand(const nlohmann::json& payload) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  Impl::Envelope e;
+  e.envelope_id = impl_->NewEnvelopeId();
+  e.type = "slash_commands";
+  e.payload = payload;
+  std::string id = e.envelope_id;
+  impl_->EnqueueLocked(std::move(e));
+  return id;
+}
+
+std::string SlackServer::SendBlockAction(const nlohmann::json& payload) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  Impl::Envelope e;
+  e.envelope_id = impl_->NewEnvelopeId();
+  e.type = "interactive";
+  e.payload = payload;
+  std::string id = e.envelope_id;
+  impl_->EnqueueLocked(std::move(e));
+  return id;
+}
+
+bool SlackServer::SendRaw(const std::string& text) {
+  bool sent = false;
+  impl_->RunOnIo([&] {
+    std::lock_guard<std::mutex> lock(impl_->mu_);
+    int id = impl_->PickConnLocked();
+    if (id == 0) return;
+    websocketpp::lib::error_code ec;
+    impl_->ws_.send(impl_->conns_[id].hdl, text, websocketpp::frame::opcode::text, ec);
+    sent = !ec;
+  });
+  return sent;
+}
+
+void SlackServer::Disconnect(const std::string& reason, int connection_id) {
+  Impl* impl = impl_.get();
+  impl->RunOnIo([impl, reason, connection_id] {
+    std::lock_guard<std::mutex> lock(impl->mu_);
+    std::string frame = impl->DisconnectFrame(reason).dump();
+    bool closes = reason == "refresh_requested" || reason == "link_disabled";
+    for (auto& [id, c] : impl->conns_) {
+      if (connection_id != 0 && id != connection_id) continue;
+      websocketpp::lib::error_code ec;
+      impl->ws_.send(c.hdl, frame, websocketpp::frame::opcode::text, ec);
+      if (!closes) continue;
+      auto timer = std::make_shared<boost::asio::steady_timer>(
+          impl->io_, std::chrono::milliseconds(impl->options_.refresh_close_delay_ms));
+      Hdl h = c.hdl;
+      timer->async_wait([impl, timer, h, reason](const boost::system::error_code& tec) {
+        if (tec) return;
+        websocketpp::lib::error_code cec;
+        impl->ws_.close(h, websocketpp::close::status::normal, reason, cec);
+      });
+    }
+  });
+}
+
+void SlackServer::DropAll() {
+  impl_->RunOnIo([this] {
+    std::lock_guard<std::mutex> lock(impl_->mu_);
+    for (auto& [id, c] : impl_->conns_) {
+      websocketpp::lib::error_code ec;
+      WsServer::connection_ptr con = impl_->ws_.get_con_from_hdl(c.hdl, ec);
+      if (!con) continue;
+      boost::system::error_code bec;
+      con->get_raw_socket().shutdown(boost::asio::ip::tcp::socket::shutdown_both, bec);
+      con->get_raw_socket().close(bec);
+    }
+  });
+}
+
+void SlackServer::SetAnswerPings(bool answer) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  impl_->answer_pings_ = answer;
+}
+
+void SlackServer::ZombifyOpenSockets() {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  for (auto& [id, c] : impl_->conns_) c.zombie = true;
+}
+
+void SlackServer::PingAll() {
+  impl_->RunOnIo([this] {
+    std::lock_guard<std::mutex> lock(impl_->mu_);
+    for (auto& [id, c] : impl_->conns_) {
+      websocketpp::lib::error_code ec;
+      impl_->ws_.ping(c.hdl, "fake-ping", ec);
+    }
+  });
+}
+
+std::vector<SlackPostedMessage> SlackServer::Messages() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->messages_;
+}
+
+std::vector<SlackPostedMessage> SlackServer::Posted() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  std::vector<SlackPostedMessage> out;
+  for (const auto& m : impl_->messages_) {
+    if (m.method == "chat.postMessage") out.push_back(m);
+  }
+  return out;
+}
+
+std::vector<SlackReaction> SlackServer::Reactions() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->reactions_;
+}
+
+std::vector<SlackDelivery> SlackServer::Deliveries() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->deliveries_;
+}
+
+std::vector<SlackAck> SlackServer::Acks() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->acks_;
+}
+
+std::vector<int> SlackServer::OpenConnectionIds() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  std::vector<int> out;
+  for (const auto& [id, c] : impl_->conns_) out.push_back(id);
+  return out;
+}
+
+SlackCounters SlackServer::Counters() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->counters_;
+}
+
+std::vector<std::string> SlackServer::FramesReceived() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->frames_;
+}
+
+bool SlackServer::WaitFor(const std::function<bool()>& pred, int timeout_ms) const {
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::unique_lock<std::mutex> lock(impl_->mu_);
+  while (true) {
+    uint64_t gen = impl_->generation_;
+    lock.unlock();
+    if (pred()) return true;
+    lock.lock();
+    if (!impl_->cv_.wait_until(lock, deadline, [&] { return impl_->generation_ != gen; })) {
+      lock.unlock();
+      return pred();
+    }
+  }
+}
+
+bool SlackServer::WaitForOpenConnections(size_t n, int timeout_ms) const {
+  return WaitFor([&] { return Counters().connections_open >= n; }, timeout_ms);
+}
+bool SlackServer::WaitForPosted(size_t n, int timeout_ms) const {
+  return WaitFor([&] { return Posted().size() >= n; }, timeout_ms);
+}
+bool SlackServer::WaitForAcks(size_t n, int timeout_ms) const {
+  return WaitFor([&] { return Counters().acks >= n; }, timeout_ms);
+}
+bool SlackServer::WaitForDeliveries(size_t n, int timeout_ms) const {
+  return WaitFor([&] { return Counters().envelopes_delivered >= n; }, timeout_ms);
+}
+
+}  // namespace parley::testing
