@@ -86,7 +86,9 @@ WebhookAdapter::WebhookAdapter(boost::asio::io_context& io, config::WebhookConfi
                                             "Webhook callback deliveries by result",
                                             "result=\"dropped\"")),
       bad_requests_(metrics.GetCounter("parley_webhook_bad_requests_total",
-                                       "Webhook requests refused as invalid or unauthenticated")) {}
+                                       "Webhook requests refused as invalid or unauthenticated")),
+      deliveries_in_flight_(metrics.GetGauge("parley_webhook_deliveries_in_flight",
+                                             "Webhook callback POSTs under way")) {}
 
 Status WebhookAdapter::Start(InboundSink& sink) {
   sink_ = &sink;
@@ -338,7 +340,7 @@ void WebhookAdapter::ScheduleDelivery(store::OutboxEntry entry, int64_t delay_ms
 
 void WebhookAdapter::Deliver(store::OutboxEntry entry) {
   if (stopping_) return;  // stays in the outbox; resumed at the next start
-  deliveries_in_flight_.fetch_add(1);
+  deliveries_in_flight_.Add(1);
   net::ClientRequest request;
   request.method = "POST";
   request.url = entry.target;
@@ -385,7 +387,7 @@ void WebhookAdapter::Deliver(store::OutboxEntry entry) {
     store::WriteBatch batch;
     self->outbox_.Put(batch, entry);
     self->committer_.Submit(std::move(batch), nullptr);
-    self->deliveries_in_flight_.fetch_sub(1);
+    self->deliveries_in_flight_.Add(-1);
     self->ScheduleDelivery(std::move(entry), delay);
   });
 }
@@ -396,7 +398,7 @@ void WebhookAdapter::DeliveryDone(const store::OutboxEntry& entry, bool remove) 
     outbox_.Remove(batch, kPlatform, entry.id);
     committer_.Submit(std::move(batch), nullptr);
   }
-  deliveries_in_flight_.fetch_sub(1);
+  deliveries_in_flight_.Add(-1);
 }
 
 }  // namespace parley::webhook

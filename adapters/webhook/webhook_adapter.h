@@ -55,8 +55,6 @@ class WebhookAdapter final : public ChannelAdapter,
   // Serves the adapter's paths; returns false (and leaves the responder untouched) for others.
   bool Handle(const net::HttpRequest& request, net::Responder& respond);
 
-  size_t PendingDeliveries() const { return deliveries_in_flight_.load(); }
-
  private:
   void HandleMessage(const net::HttpRequest& request, net::Responder respond);
   void HandleForget(const net::HttpRequest& request, net::Responder respond);
@@ -78,11 +76,11 @@ class WebhookAdapter final : public ChannelAdapter,
   store::RouteBook routes_;
   InboundSink* sink_ = nullptr;
   std::atomic<bool> stopping_{false};
-  std::atomic<size_t> deliveries_in_flight_{0};
   adapters::PendingReplies<net::Responder> pending_;
   Counter& delivered_;
   Counter& delivery_failures_;
   Counter& bad_requests_;
+  Gauge& deliveries_in_flight_;  // callback POSTs under way
 };
 
 }  // namespace parley::webhook

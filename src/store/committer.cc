@@ -18,8 +18,6 @@ void Committer::Submit(WriteBatch batch, std::function<void(Status)> done) {
   if (done) done(Status::Unavailable("store is shutting down"));
 }
 
-Status Committer::WriteNow(const WriteBatch& batch) { return store_.Write(batch, true); }
-
 void Committer::Shutdown() {
   {
     std::lock_guard<std::mutex> lock(mu_);

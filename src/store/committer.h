@@ -28,8 +28,6 @@ class Committer {
   // Queues the batch; done(status) runs once it is durable (or failed). After Shutdown(), done
   // runs at once with Unavailable.
   void Submit(WriteBatch batch, std::function<void(Status)> done);
-  // Writes synchronously (same durability), for start-up and tools.
-  Status WriteNow(const WriteBatch& batch);
   // Drains pending batches and stops accepting new ones.
   void Shutdown();
 
