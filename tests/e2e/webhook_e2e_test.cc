@@ -1,6 +1,7 @@
 // End-to-end: the real `parley serve` binary on a free loopback port, spoken to over HTTP.
 
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -387,6 +388,36 @@ TEST_F(WebhookE2eTest, OpsEndpoints) {
   EXPECT_NE(metrics->body.find("parley_stage_seconds_bucket{stage=\"retrieval\""),
             std::string::npos);
   EXPECT_NE(metrics->body.find("parley_replies_total{outcome=\"answered\"}"), std::string::npos);
+}
+
+TEST(AdminListenerE2eTest, MetricsMoveToTheAdminListener) {
+  TempDir dir;
+  std::filesystem::create_directories(dir.Sub("kb"));
+  WriteFile(dir.Sub("kb/a.md"), "# A\n\nSome text.\n");
+  const std::string config = dir.Sub("parley.toml");
+  WriteFile(config, "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n"
+                    "port_file = \"" + dir.Sub("port.json") + "\"\n[store]\npath = \"" +
+                        dir.Sub("store") + "\"\n[[knowledge.sources]]\npath = \"" +
+                        dir.Sub("kb") + "\"\n[webhook]\ninsecure_no_auth = true\n");
+  DaemonProcess daemon(config, dir.Sub("port.json"), dir.Sub("log.txt"));
+  ASSERT_TRUE(daemon.Start()) << daemon.Log();
+  std::ifstream in(dir.Sub("port.json"));
+  json ports = json::parse(in, nullptr, false);
+  ASSERT_TRUE(ports.contains("admin")) << ports.dump();
+  const int admin = ports["admin"].get<int>();
+  ASSERT_NE(admin, daemon.port());
+  // The public listener keeps /healthz and the webhook; metrics and readiness are admin-only.
+  EXPECT_EQ(daemon.Get("/metrics")->status, 404);
+  EXPECT_EQ(daemon.Get("/healthz")->status, 200);
+  net::ClientRequest req;
+  req.url = "http://127.0.0.1:" + std::to_string(admin) + "/metrics";
+  auto metrics = net::BlockingRequest(req);
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_NE(metrics->body.find("parley_stage_seconds"), std::string::npos);
+  req.url = "http://127.0.0.1:" + std::to_string(admin) + "/v1/messages";
+  EXPECT_EQ(net::BlockingRequest(req)->status, 404);  // no webhook on the admin listener
+  EXPECT_EQ(daemon.Terminate(), 0);
 }
 
 TEST_F(WebhookE2eTest, SigtermDrainsAndExitsZero) {

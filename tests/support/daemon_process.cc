@@ -124,9 +124,11 @@ bool DaemonProcess::Start(int timeout_ms) {
       auto j = nlohmann::json::parse(ReadFile(port_file_), nullptr, false);
       if (!j.is_object() || !j.contains("listen")) return false;
       port_ = j["listen"].get<uint16_t>();
+      // With server.admin_listen, readiness is served on the admin listener.
+      ready_port_ = j.contains("admin") ? j["admin"].get<uint16_t>() : port_;
     }
     net::ClientRequest req;
-    req.url = Url("/readyz");
+    req.url = "http://127.0.0.1:" + std::to_string(ready_port_) + "/readyz";
     req.timeout_ms = 1000;
     auto r = net::BlockingRequest(req);
     return r.ok() && r->status == 200;

@@ -59,6 +59,7 @@ class DaemonProcess {
   std::map<std::string, std::string> env_;
   pid_t pid_ = -1;
   uint16_t port_ = 0;
+  uint16_t ready_port_ = 0;
 };
 
 }  // namespace parley::testing
