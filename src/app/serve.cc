@@ -150,8 +150,8 @@ int Serve(const config::Config& config) {
     }
     if (req.path == "/v1/local/say") {
       // The bot speaks first in a conversation (operators; later the escalation desk).
-      json body = json::parse(req.body, nullptr, false);
       if (req.method != "POST") return respond(JsonError(405, "method_not_allowed", "use POST"));
+      json body = json::parse(req.body, nullptr, false);
       if (!body.is_object() || !body.contains("conversation") || !body.contains("text") ||
           !body["conversation"].is_string() || !body["text"].is_string() ||
           body["text"].get<std::string>().empty()) {
