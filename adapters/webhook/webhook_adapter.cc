@@ -90,8 +90,7 @@ WebhookAdapter::WebhookAdapter(boost::asio::io_context& io, config::WebhookConfi
       deliveries_in_flight_(metrics.GetGauge("parley_webhook_deliveries_in_flight",
                                              "Webhook callback POSTs under way")) {}
 
-Status WebhookAdapter::Start(InboundSink& sink) {
-  sink_ = &sink;
+Status WebhookAdapter::ResumeDeliveries() {
   auto owed = outbox_.Load(kPlatform);
   if (!owed.ok()) return owed.status();
   for (store::OutboxEntry& entry : *owed) {
@@ -99,6 +98,11 @@ Status WebhookAdapter::Start(InboundSink& sink) {
     int64_t delay = std::max<int64_t>(0, entry.next_attempt_ms - clock_.NowMs());
     ScheduleDelivery(std::move(entry), delay);
   }
+  return Status::Ok();
+}
+
+Status WebhookAdapter::Start(InboundSink& sink) {
+  sink_ = &sink;
   if (config_.secret.empty()) {
     spdlog::warn(
         "webhook.auth.disabled: no webhook.secret is set and insecure_no_auth = true; requests "

@@ -46,7 +46,10 @@ class WebhookAdapter final : public ChannelAdapter,
                  MetricsRegistry& metrics);
 
   std::string platform() const override { return kPlatform; }
-  // Resumes the deliveries left in the outbox and begins accepting requests.
+  // Resumes the deliveries left in the outbox by an earlier run. Call once, before the router
+  // replays its inbox (whose replies arrive through Send) and before Start.
+  Status ResumeDeliveries();
+  // Begins accepting requests.
   Status Start(InboundSink& sink) override;
   void Stop(std::function<void()> done) override;
   bool DeliversDurably(const OutboundMessage& message) const override;

@@ -16,6 +16,7 @@
 
 #include "adapters/common/http_json.h"
 #include "adapters/console/console_adapter.h"
+#include "adapters/slack/slack_adapter.h"
 #include "adapters/webhook/webhook_adapter.h"
 #include "app/commands.h"
 #include "app/logging.h"
@@ -95,15 +96,32 @@ int Serve(const config::Config& config) {
   }
   console::ConsoleAdapter console(*rt.control, config.console.user);
   rt.replies.Register(console);
+  // Set by an adapter that cannot go on (e.g. a Slack token refused): the daemon stops, exit 1.
+  std::atomic<int> exit_code{0};
+  std::function<void(const std::string&)> begin_shutdown;  // assigned below
+  std::shared_ptr<slack::SlackAdapter> slack_adapter;
+  if (config.slack.enabled) {
+    slack_adapter = std::make_shared<slack::SlackAdapter>(
+        rt.io, config.slack, http, *rt.kv, *rt.committer, *rt.control, SystemClock::Instance(),
+        rt.metrics, [&](Status why) {
+          exit_code = 1;
+          boost::asio::post(rt.io, [&, why] { begin_shutdown("slack: " + why.message()); });
+          // begin_shutdown is assigned before the io threads start, so before this can run.
+        });
+    rt.replies.Register(*slack_adapter);
+  }
 
   auto ops = [&](const net::HttpRequest& req, net::Responder& respond) -> bool {
     if (req.path == "/healthz") {
       respond(Json(200, {{"status", "ok"}}));
     } else if (req.path == "/readyz") {
-      bool ok = ready.load() && !stopping.load();
-      respond(Json(ok ? 200 : 503,
-                   {{"status", ok ? "ready" : (stopping.load() ? "stopping" : "starting")},
-                    {"chunks", rt.index->ChunkCount()}}));
+      // Ready: the index is loaded and, with Slack on, at least one socket has said hello.
+      const size_t sockets = slack_adapter ? slack_adapter->ReadySockets() : 0;
+      const bool ok = ready.load() && !stopping.load() && (!slack_adapter || sockets > 0);
+      json body{{"status", ok ? "ready" : (stopping.load() ? "stopping" : "starting")},
+                {"chunks", rt.index->ChunkCount()}};
+      if (slack_adapter) body["slack_sockets"] = sockets;
+      respond(Json(ok ? 200 : 503, body));
     } else if (req.path == "/metrics") {
       net::HttpResponse r;
       r.content_type = "text/plain; version=0.0.4";
@@ -217,6 +235,49 @@ int Serve(const config::Config& config) {
     std::rename((config.server.port_file + ".tmp").c_str(), config.server.port_file.c_str());
   }
 
+  auto sweep = std::make_shared<boost::asio::steady_timer>(rt.io);
+  ScheduleSweep(rt, sweep);
+
+  // SIGTERM/SIGINT: stop accepting, finish turns in flight, flush, exit 0.
+  std::promise<void> finished;
+  boost::asio::signal_set signals(rt.io, SIGINT, SIGTERM);
+  auto deadline = std::make_shared<boost::asio::steady_timer>(rt.io);
+  std::atomic<bool> finished_once{false};
+  auto finish = [&] {
+    if (!finished_once.exchange(true)) finished.set_value();
+  };
+  std::atomic<bool> shutdown_begun{false};
+  begin_shutdown = [&](const std::string& reason) {
+    if (shutdown_begun.exchange(true)) return;
+    spdlog::info("shutdown.start reason=\"{}\" in_flight={}", reason, rt.router->InFlight());
+    stopping = true;
+    public_server.Stop();
+    admin_server.Stop();
+    local_server.Stop();
+    sweep->cancel();
+    deadline->expires_after(std::chrono::seconds(10));
+    deadline->async_wait([&](boost::system::error_code e) {
+      if (e) return;
+      spdlog::warn("shutdown.deadline in_flight={}", rt.router->InFlight());
+      finish();
+    });
+    rt.router->Shutdown([&] {
+      if (hook) hook->Stop(nullptr);
+      auto drained = [&] {
+        spdlog::info("shutdown.drained");
+        finish();
+      };
+      if (slack_adapter) {
+        slack_adapter->Stop(drained);
+      } else {
+        drained();
+      }
+    });
+  };
+  signals.async_wait([&](boost::system::error_code ec, int signo) {
+    if (ec) return;
+    begin_shutdown("signal " + std::to_string(signo));
+  });
   rt.StartThreads(config.runtime.threads);
 
   // Initial ingest off the io threads; adapters start once the index is loaded.
@@ -230,10 +291,18 @@ int Serve(const config::Config& config) {
                    report->files_removed, report->chunks_total, report->seconds);
       for (const std::string& e : report->errors) spdlog::warn("ingest.file_error {}", e);
     }
+    // Deliveries owed by an earlier run first, then its unanswered messages (whose replies are
+    // new deliveries), then new intake: nothing is answered or delivered twice.
+    Status resumed = hook ? hook->ResumeDeliveries() : Status::Ok();
+    if (!resumed.ok()) spdlog::error("webhook.resume_failed error=\"{}\"", resumed.ToString());
+    resumed = slack_adapter ? slack_adapter->ResumeOutbox() : Status::Ok();
+    if (!resumed.ok()) spdlog::error("slack.resume_failed error=\"{}\"", resumed.ToString());
     auto replayed = rt.router->ReplayInbox();
     if (!replayed.ok()) spdlog::error("inbox.replay_failed error=\"{}\"", replayed.status().ToString());
     Status started = hook ? hook->Start(*rt.router) : Status::Ok();
     if (!started.ok()) spdlog::error("webhook.start_failed error=\"{}\"", started.ToString());
+    started = slack_adapter ? slack_adapter->Start(*rt.router) : Status::Ok();
+    if (!started.ok()) spdlog::error("slack.start_failed error=\"{}\"", started.ToString());
     Status console_started = console.Start(*rt.router);
     (void)console_started;
     ready = true;
@@ -256,37 +325,6 @@ int Serve(const config::Config& config) {
                config.webhook.secret.empty() ? "" : "\n                (signed: see README)",
                base.c_str(), base.c_str());
 
-  auto sweep = std::make_shared<boost::asio::steady_timer>(rt.io);
-  ScheduleSweep(rt, sweep);
-
-  // SIGTERM/SIGINT: stop accepting, finish turns in flight, flush, exit 0.
-  std::promise<void> finished;
-  boost::asio::signal_set signals(rt.io, SIGINT, SIGTERM);
-  auto deadline = std::make_shared<boost::asio::steady_timer>(rt.io);
-  std::atomic<bool> finished_once{false};
-  auto finish = [&] {
-    if (!finished_once.exchange(true)) finished.set_value();
-  };
-  signals.async_wait([&](boost::system::error_code ec, int signo) {
-    if (ec) return;
-    spdlog::info("shutdown.start signal={} in_flight={}", signo, rt.router->InFlight());
-    stopping = true;
-    public_server.Stop();
-    admin_server.Stop();
-    local_server.Stop();
-    sweep->cancel();
-    deadline->expires_after(std::chrono::seconds(10));
-    deadline->async_wait([&](boost::system::error_code e) {
-      if (e) return;
-      spdlog::warn("shutdown.deadline in_flight={}", rt.router->InFlight());
-      finish();
-    });
-    rt.router->Shutdown([&] {
-      if (hook) hook->Stop(nullptr);
-      spdlog::info("shutdown.drained");
-      finish();
-    });
-  });
   boost::asio::signal_set hangup(rt.io, SIGHUP);
   std::function<void()> wait_hangup = [&] {
     hangup.async_wait([&](boost::system::error_code ec, int) {
@@ -302,9 +340,9 @@ int Serve(const config::Config& config) {
   rt.committer->Shutdown();
   rt.StopThreads();
   rt.work.join();
-  spdlog::info("shutdown.done");
+  spdlog::info("shutdown.done exit_code={}", exit_code.load());
   spdlog::default_logger()->flush();
-  return 0;
+  return exit_code.load();
 }
 
 }  // namespace parley::app

@@ -24,11 +24,6 @@ namespace {
 
 constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
 
-// Whether this build runs the Slack adapter. While false, `[slack] enabled = true` is refused
-// (except with ParseOptions::allow_unavailable_adapters); the rest of [slack] is validated either
-// way. Flip when the adapter is wired into the daemon.
-constexpr bool kSlackAdapterAvailable = false;
-
 const char* TypeName(toml::node_type type) {
   switch (type) {
     case toml::node_type::table:
@@ -139,8 +134,7 @@ struct ErrorLine {
 // Parses one document. Not thread-safe; one instance per parse.
 class Parser {
  public:
-  Parser(std::string file, const EnvLookup& env, const ParseOptions& options)
-      : file_(std::move(file)), env_(env), options_(options) {
+  Parser(std::string file, const EnvLookup& env) : file_(std::move(file)), env_(env) {
     config_.file = file_;
   }
 
@@ -768,6 +762,8 @@ class Parser {
           {"ping_interval_ms", IntField(&s.ping_interval_ms, 1000, 600'000)},
           {"pong_timeout_ms", IntField(&s.pong_timeout_ms, 100, 600'000)},
           {"silence_timeout_ms", IntField(&s.silence_timeout_ms, 1000, 3'600'000)},
+          {"post_rate_per_channel", NumberField(&s.post_rate_per_channel, 0, 100)},
+          {"post_burst", IntField(&s.post_burst, 1, 100)},
       };
     }
     return {};
@@ -928,10 +924,6 @@ class Parser {
 
   void CheckSlack() {
     const SlackConfig& s = config_.slack;
-    if (s.enabled && !kSlackAdapterAvailable && !options_.allow_unavailable_adapters) {
-      Error(KeyLine("slack.enabled"), "slack.enabled",
-            "this build does not run the Slack adapter yet");
-    }
     if (s.enabled) {
       CheckSlackToken(s.app_token, "slack.app_token", "an app-level token", "xapp-",
                       "SLACK_APP_TOKEN");
@@ -1005,7 +997,6 @@ class Parser {
 
   std::string file_;
   const EnvLookup& env_;
-  const ParseOptions options_;
   Config config_;
   std::vector<ErrorLine> errors_;
   std::map<std::string, uint32_t> lines_;  // full key -> line of every key given in the file
@@ -1020,19 +1011,14 @@ std::optional<std::string> ProcessEnv(const std::string& name) {
 
 }  // namespace
 
-Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env,
-                           const ParseOptions& options) {
+Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env) {
   try {
-    Parser parser(name, env, options);
+    Parser parser(name, env);
     return parser.Run(text);
   } catch (const std::exception& e) {
     return Status::Internal(name +
                             ": unexpected error while reading the configuration: " + e.what());
   }
-}
-
-Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env) {
-  return ParseConfig(text, name, env, ParseOptions{});
 }
 
 Result<Config> ParseConfig(const std::string& text, const std::string& name) {

@@ -143,6 +143,10 @@ struct SlackConfig {
   // A socket that delivers nothing (not even pongs) for this long is dead. Greater than
   // ping_interval_ms + pong_timeout_ms.
   int silence_timeout_ms = 120'000;
+  // chat.postMessage pace per channel (Slack allows about 1/s per channel with short bursts):
+  // messages per second (0 = no pacing; then only Slack's 429s slow the bot down) and burst.
+  double post_rate_per_channel = 1.0;
+  int post_burst = 3;
 };
 
 struct Config {
@@ -168,7 +172,8 @@ struct Config {
 // status. KEY is the full dotted key, e.g. "server.listen" or "knowledge.sources[0].path".
 // A file that cannot be read gives NotFound (missing) or IoError. No error message ever contains
 // the value of a secret (webhook.secret, llm.api_key, slack.app_token, slack.bot_token).
-// Sections of features this build does not run yet (e.g. `[slack] enabled = true`) are refused.
+// Sections of features this build does not run yet ([matrix], [tools], [escalation]) may only say
+// `enabled = false`.
 Result<Config> LoadConfig(const std::string& path);
 
 // Same, from text; `name` is used in error messages as the file name and stored in Config::file.
@@ -180,16 +185,6 @@ using EnvLookup = std::function<std::optional<std::string>(const std::string& na
 // Same, with the environment injected (tests). ParseConfig(text, name) uses the process
 // environment (getenv).
 Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env);
-
-struct ParseOptions {
-  // Tests only: accept `enabled = true` for adapters this build does not run yet (today:
-  // [slack]), so their sections can be parsed and validated in full. Every other check applies.
-  bool allow_unavailable_adapters = false;
-};
-
-// Same, with options.
-Result<Config> ParseConfig(const std::string& text, const std::string& name, const EnvLookup& env,
-                           const ParseOptions& options);
 
 // Splits "HOST:PORT" into host and port. HOST is an IPv4 address, an IPv6 address in brackets
 // ("[::1]:8080"; returned without the brackets) or a DNS host name; PORT is 0..65535 in decimal.

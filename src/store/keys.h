@@ -9,7 +9,8 @@
 //   v1/inbox/<id>                           accepted inbound message not yet answered (JSON)
 //   v1/outbox/<platform>/<id>               delivery owed to a platform (JSON)
 //   v1/route/<conv>                         the conversation's latest reply route (webhook reply_url)
-//   v1/feedback/<message_id>                feedback on an answer (later issues)
+//   v1/feedback/<message_id>/<platform>/<user>  feedback on an answer (JSON)
+//   v1/slack/thread/<channel>/<thread_ts>   unix ms: the bot answered in this Slack thread
 // <conv> is ConversationKey::Encode() (three escaped parts joined by '/'), and every other variable
 // part is escaped with EscapeKeyPart, so a prefix ending in '/' never matches a longer sibling.
 
@@ -26,6 +27,8 @@ inline constexpr char kDedupe[] = "v1/dedupe/";
 inline constexpr char kInbox[] = "v1/inbox/";
 inline constexpr char kOutbox[] = "v1/outbox/";
 inline constexpr char kRoute[] = "v1/route/";
+inline constexpr char kFeedback[] = "v1/feedback/";
+inline constexpr char kSlackThread[] = "v1/slack/thread/";
 
 inline std::string MemoryPrefix(const ConversationKey& conv) {
   return kMemory + conv.Encode() + "/";
@@ -44,5 +47,13 @@ inline std::string Outbox(const std::string& platform, const std::string& id) {
   return OutboxPrefix(platform) + EscapeKeyPart(id);
 }
 inline std::string Route(const ConversationKey& conv) { return kRoute + conv.Encode(); }
+inline std::string Feedback(const std::string& message_id, const std::string& platform,
+                            const std::string& user) {
+  return kFeedback + EscapeKeyPart(message_id) + "/" + EscapeKeyPart(platform) + "/" +
+         EscapeKeyPart(user);
+}
+inline std::string SlackThread(const std::string& channel, const std::string& thread_ts) {
+  return kSlackThread + EscapeKeyPart(channel) + "/" + EscapeKeyPart(thread_ts);
+}
 
 }  // namespace parley::store::keys

@@ -594,7 +594,6 @@ TEST(ConfigTest, SeveralErrorsReportedTogetherInFileOrder) {
             "t.toml:4: engine.max_passages: expected an integer, got a string\n"
             "t.toml:6: store.pathh: unknown key\n"
             "t.toml:8: server.listen: expected \"HOST:PORT\", got \"nowhere\"\n"
-            "t.toml:10: slack.enabled: this build does not run the Slack adapter yet\n"
             "t.toml:10: slack.app_token: required when slack.enabled = true: an app-level token "
             "(xapp-…) from the environment, e.g. \"${SLACK_APP_TOKEN}\"\n"
             "t.toml:10: slack.bot_token: required when slack.enabled = true: a bot token "

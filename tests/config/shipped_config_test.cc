@@ -149,6 +149,8 @@ const std::set<std::string> kAllKeys = {
     "slack.ping_interval_ms",
     "slack.pong_timeout_ms",
     "slack.silence_timeout_ms",
+    "slack.post_rate_per_channel",
+    "slack.post_burst",
 };
 
 // A key line, commented out or not: "key = value" with a TOML-looking value.

@@ -1,6 +1,4 @@
 // The [slack] section: defaults, every key, types, enums, ranges, tokens, ids and the URL rule.
-// The adapter is not run by this build yet, so sections with enabled = true are parsed through
-// ParseOptions::allow_unavailable_adapters; the normal path must refuse them.
 
 #include <gtest/gtest.h>
 
@@ -43,8 +41,7 @@ const std::string kEnabled = kBase +
                              "bot_token = \"${BOT}\"\n";  // 8
 
 Result<Config> ParseTest(const std::string& text, std::map<std::string, std::string> env = {}) {
-  return ParseConfig(text, "t.toml", Env(std::move(env)),
-                     ParseOptions{/*allow_unavailable_adapters=*/true});
+  return ParseConfig(text, "t.toml", Env(std::move(env)));
 }
 
 Config ParseOk(const std::string& text, std::map<std::string, std::string> env = {}) {
@@ -59,13 +56,6 @@ std::string ErrorOf(const std::string& text, std::map<std::string, std::string> 
   if (r.ok()) return "";
   EXPECT_TRUE(r.status().IsInvalidArgument()) << r.status().ToString();
   return r.status().message();
-}
-
-// Same through the normal path (ParseOptions{} as the daemon uses).
-std::string NormalErrorOf(const std::string& text, std::map<std::string, std::string> env = {}) {
-  Result<Config> r = ParseConfig(text, "t.toml", Env(std::move(env)));
-  EXPECT_FALSE(r.ok()) << "parsed unexpectedly:\n" << text;
-  return r.ok() ? "" : r.status().message();
 }
 
 void ExpectNoTokens(const std::string& message) {
@@ -152,24 +142,20 @@ TEST(SlackConfigTest, EveryKeyParsed) {
   EXPECT_EQ(s.silence_timeout_ms, 30000);
 }
 
-TEST(SlackConfigTest, EnabledRefusedInTheNormalPath) {
-  // Valid otherwise: the only error is the one about this build.
-  EXPECT_EQ(NormalErrorOf(kEnabled),
-            "t.toml:6: slack.enabled: this build does not run the Slack adapter yet");
-  // LoadConfig and the two-argument ParseConfig take the same path.
-  Result<Config> r = ParseConfig(kBase + "[slack]\nenabled = true\n", "t.toml");
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().message().rfind(
-                "t.toml:6: slack.enabled: this build does not run the Slack adapter yet", 0),
-            0u)
-      << r.status().message();
-  // Everything else is still validated there.
-  const std::string m = NormalErrorOf(kEnabled + "connections = 0\n");
-  EXPECT_EQ(m,
-            "t.toml:6: slack.enabled: this build does not run the Slack adapter yet\n"
-            "t.toml:9: slack.connections: must be between 1 and 10, got 0");
-  // And the test path accepts it.
-  EXPECT_TRUE(ParseOk(kEnabled).slack.enabled);
+TEST(SlackConfigTest, EnabledWithTokensIsAccepted) {
+  Config c = ParseOk(kEnabled);
+  EXPECT_TRUE(c.slack.enabled);
+  EXPECT_EQ(c.slack.app_token.reveal(), kAppToken);
+  EXPECT_EQ(c.slack.bot_token.reveal(), kBotToken);
+  EXPECT_EQ(c.slack.post_rate_per_channel, 1.0);
+  EXPECT_EQ(c.slack.post_burst, 3);
+  Config paced = ParseOk(kEnabled + "post_rate_per_channel = 0\npost_burst = 10\n");
+  EXPECT_EQ(paced.slack.post_rate_per_channel, 0.0);
+  EXPECT_EQ(paced.slack.post_burst, 10);
+  EXPECT_EQ(ErrorOf(kEnabled + "post_rate_per_channel = -1\n"),
+            "t.toml:9: slack.post_rate_per_channel: must be between 0 and 100, got -1");
+  EXPECT_EQ(ErrorOf(kEnabled + "post_burst = 0\n"),
+            "t.toml:9: slack.post_burst: must be between 1 and 100, got 0");
 }
 
 TEST(SlackConfigTest, WrongTypes) {
@@ -488,7 +474,7 @@ TEST(SlackConfigTest, SlashCommandAndReaction) {
 }
 
 TEST(SlackConfigTest, AllErrorsOfTheSectionTogether) {
-  const std::string m = NormalErrorOf(kBase +
+  const std::string m = ErrorOf(kBase +
                                       "[slack]\n"                               // 5
                                       "enabled = true\n"                        // 6
                                       "app_token = \"${BOT}\"\n"                // 7
@@ -497,7 +483,6 @@ TEST(SlackConfigTest, AllErrorsOfTheSectionTogether) {
                                       "api_base_url = \"http://slack.com/\"\n"  // 10
                                       "colour = \"blue\"\n");                   // 11
   EXPECT_EQ(m,
-            "t.toml:6: slack.enabled: this build does not run the Slack adapter yet\n"
             "t.toml:6: slack.bot_token: required when slack.enabled = true: a bot token (xoxb-…) "
             "from the environment, e.g. \"${SLACK_BOT_TOKEN}\"\n"
             "t.toml:7: slack.app_token: must be an app-level token starting with xapp-; the "

@@ -140,9 +140,15 @@ bool DaemonProcess::Running() {
   int status = 0;
   if (waitpid(pid_, &status, WNOHANG) == pid_) {
     pid_ = -1;
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     return false;
   }
   return true;
+}
+
+int DaemonProcess::WaitExited(int timeout_ms) {
+  PollUntil(timeout_ms, [&] { return !Running(); });
+  return Running() ? -1 : exit_code_;
 }
 
 int DaemonProcess::Terminate(int timeout_ms) {

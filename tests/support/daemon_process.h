@@ -42,6 +42,9 @@ class DaemonProcess {
   // SIGKILL and reap.
   void Kill();
   bool Running();
+  // Waits (polling) until the process has exited by itself; its exit code (128 + signal when
+  // killed by one), or -1 when still running at the deadline.
+  int WaitExited(int timeout_ms);
 
   uint16_t port() const { return port_; }
   std::string Url(const std::string& path) const;
@@ -60,6 +63,7 @@ class DaemonProcess {
   pid_t pid_ = -1;
   uint16_t port_ = 0;
   uint16_t ready_port_ = 0;
+  int exit_code_ = -1;
 };
 
 }  // namespace parley::testing

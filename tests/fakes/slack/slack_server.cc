@@ -168,6 +168,7 @@ class SlackServer::Impl {
   // ---------------- HTTP ----------------
 
   net::HttpResponse HandleHttp(const net::HttpRequest& req) {
+    if (req.path.compare(0, 16, "/hooks/commands/") == 0) return HandleResponseUrl(req);
     const std::string prefix = "/api/";
     if (req.path.compare(0, prefix.size(), prefix) != 0) {
       return JsonResponse(Json{{"ok", false}, {"error", "not_found"}}, 404);
@@ -181,7 +182,8 @@ class SlackServer::Impl {
         if (body.is_discarded() || !body.is_object()) return SlackError("invalid_json");
         for (auto& [k, v] : body.items()) args[k] = v;
       } else {
-        for (auto& [k, v] : ParseForm(req.body).items()) args[k] = v;
+        Json form = ParseForm(req.body);  // named: items() of a temporary would dangle
+        for (auto& [k, v] : form.items()) args[k] = v;
       }
     }
     std::string token;
@@ -216,11 +218,19 @@ class SlackServer::Impl {
     }
     if (method != "auth.test" && method != "chat.postMessage" && method != "chat.update" &&
         method != "chat.postEphemeral" && method != "reactions.add" &&
-        method != "reactions.remove") {
+        method != "reactions.remove" && method != "conversations.history" &&
+        method != "conversations.replies") {
       return SlackError("unknown_method");
     }
     if (token.empty()) return SlackError("not_authed");
     if (token != options_.bot_token) return SlackError("invalid_auth");
+    if (method == "conversations.history" || method == "conversations.replies") {
+      // Read methods take form or query arguments only: a JSON body is not read at all.
+      if (content_type.find("application/json") != std::string::npos) {
+        return SlackError("invalid_arguments");
+      }
+      return ReadConversation(method, args);
+    }
     if (method == "auth.test") {
       return JsonResponse(Json{{"ok", true},
                                {"url", "https://fake.slack.com/"},
@@ -315,6 +325,70 @@ class SlackServer::Impl {
     m.ts = NextTs();
     messages_.push_back(m);
     return JsonResponse(Json{{"ok", true}, {"message_ts", m.ts}});
+  }
+
+  // conversations.history (top-level messages of a channel, newest first, ts > oldest) and
+  // conversations.replies (a thread: its root, if posted here, then the replies, oldest first).
+  // Messages the bot posted are the ones this server knows; metadata only with
+  // include_all_metadata=true. Caller holds mu_.
+  net::HttpResponse ReadConversation(const std::string& method, const Json& args) {
+    const std::string channel = StringArg(args, "channel");
+    if (channel.empty()) return SlackError("channel_not_found");
+    if (!channels_.count(channel)) return SlackError("channel_not_found");
+    const std::string root = StringArg(args, "ts");
+    if (method == "conversations.replies" && root.empty()) return SlackError("invalid_arguments");
+    const std::string oldest = StringArg(args, "oldest");
+    const bool metadata = StringArg(args, "include_all_metadata") == "true" ||
+                          StringArg(args, "include_all_metadata") == "1";
+    auto ts_value = [](const std::string& ts) { return std::strtod(ts.c_str(), nullptr); };
+    Json list = Json::array();
+    for (const SlackPostedMessage& m : messages_) {
+      if (m.method != "chat.postMessage" || m.channel != channel) continue;
+      if (method == "conversations.replies") {
+        if (m.thread_ts != root && m.ts != root) continue;
+      } else {
+        if (!m.thread_ts.empty()) continue;
+        if (!oldest.empty() && ts_value(m.ts) <= ts_value(oldest)) continue;
+      }
+      Json j{{"type", "message"}, {"user", options_.bot_user_id}, {"bot_id", options_.bot_id},
+             {"text", m.text},    {"ts", m.ts}};
+      if (!m.thread_ts.empty()) j["thread_ts"] = m.thread_ts;
+      if (metadata && !m.metadata.is_null()) j["metadata"] = m.metadata;
+      list.push_back(j);
+    }
+    if (method == "conversations.history") std::reverse(list.begin(), list.end());
+    return JsonResponse(Json{{"ok", true}, {"messages", list}, {"has_more", false}});
+  }
+
+  // A slash command's response_url (Slack: https://hooks.slack.com/commands/T…/…/…): a JSON
+  // message, no token; 404 for an unknown URL.
+  net::HttpResponse HandleResponseUrl(const net::HttpRequest& req) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.api_calls;
+    Changed();
+    if (req.method != "POST" || !response_urls_.count(req.path)) {
+      net::HttpResponse r;
+      r.status = 404;
+      r.content_type = "text/plain";
+      r.body = "no_service";
+      return r;
+    }
+    Json body = Json::parse(req.body, nullptr, false);
+    if (!body.is_object()) return SlackError("invalid_payload");
+    SlackPostedMessage m;
+    m.method = "response_url";
+    m.text = StringArg(body, "text");
+    m.blocks = JsonArg(body, "blocks");
+    m.args = body;
+    m.ts = req.path;
+    if (m.text.empty() && !(m.blocks.is_array() && !m.blocks.empty())) {
+      return SlackError("no_text");
+    }
+    messages_.push_back(m);
+    net::HttpResponse r;
+    r.content_type = "text/plain";
+    r.body = "ok";
+    return r;
   }
 
   net::HttpResponse RateLimited(int retry_after_s) {
@@ -599,6 +673,8 @@ class SlackServer::Impl {
   std::map<std::string, Bucket> buckets_;
   std::set<std::tuple<std::string, std::string, std::string>> reacted_;
   std::set<std::string> known_ts_;
+  std::set<std::string> response_urls_;  // paths of the response_urls handed out
+  uint64_t next_response_url_ = 0;
   std::map<int, Conn> conns_;
   std::map<Hdl, int, std::owner_less<Hdl>> ids_;
   std::vector<Envelope> queue_;
@@ -623,6 +699,13 @@ std::string SlackServer::ApiBaseUrl() const {
   return "http://127.0.0.1:" + std::to_string(impl_->api_port_) + "/api/";
 }
 const SlackServerOptions& SlackServer::options() const { return impl_->options_; }
+std::string SlackServer::NewResponseUrl() {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  const std::string path = "/hooks/commands/" + impl_->options_.team_id + "/" +
+                           std::to_string(++impl_->next_response_url_) + "/s3cr3t";
+  impl_->response_urls_.insert(path);
+  return "http://127.0.0.1:" + std::to_string(impl_->api_port_) + path;
+}
 
 void SlackServer::AddChannel(const std::string& channel_id) {
   std::lock_guard<std::mutex> lock(impl_->mu_);

@@ -4,7 +4,8 @@
 // Socket Mode over plain WebSocket on a second port (ws://127.0.0.1:WSPORT/link/?ticket=T).
 //
 // Web API: apps.connections.open (app token), auth.test, chat.postMessage, chat.update,
-// chat.postEphemeral, reactions.add, reactions.remove (bot token). Errors are HTTP 200 with
+// chat.postEphemeral, reactions.add, reactions.remove, conversations.history and
+// conversations.replies (form arguments only; bot token). Errors are HTTP 200 with
 // {"ok":false,"error":...}; injected rate limits are HTTP 429 + Retry-After + error "ratelimited".
 // Socket Mode: single-use tickets, `hello` first, at most max_connections sockets (the next one is
 // told `disconnect` reason too_many_websockets and closed), envelopes delivered round-robin to
@@ -44,7 +45,7 @@ struct SlackServerOptions {
 
 // A chat.postMessage / chat.update / chat.postEphemeral call that was answered ok.
 struct SlackPostedMessage {
-  std::string method;  // "chat.postMessage", "chat.update", "chat.postEphemeral"
+  std::string method;  // "chat.postMessage", "chat.update", "chat.postEphemeral", "response_url"
   std::string channel;
   std::string ts;         // assigned ts (postMessage), edited ts (update), message_ts (ephemeral)
   std::string thread_ts;  // empty when absent
@@ -122,6 +123,10 @@ class SlackServer {
   // Wraps `event` in an event_callback payload and an events_api envelope and delivers it to one
   // live socket (round-robin; queued until one exists). Returns the event_id ("Ev...").
   std::string SendEvent(const nlohmann::json& event);
+  // A fresh response_url (http://127.0.0.1:PORT/hooks/commands/T…/N/secret) for a slash command
+  // payload: POSTed JSON messages to it are recorded in Messages() with method "response_url"
+  // (ts = the URL's path); other URLs under /hooks/ get 404.
+  std::string NewResponseUrl();
   // Delivers a slash_commands / interactive envelope with `payload` as is (not redelivered).
   // Returns the envelope_id.
   std::string SendSlashCommand(const nlohmann::json& payload);

@@ -1,0 +1,178 @@
+#pragma once
+// The Slack adapter: Socket Mode in (SocketModeClient), Web API out (WebApi).
+//
+// Inbound: every envelope is acknowledged first, then handled. Events go through the codec's
+// Classify (mentions, DMs, thread follow-ups, bots, subtypes) and the access policy, and reach the
+// engine as durable messages whose event id is "channel:ts", so Slack's redeliveries and the
+// app_mention + message double delivery are answered once (the router's de-duplication).
+// Slash commands (`/parley ask|help|forget|human`) and feedback buttons are handled here.
+//
+// Outbound: replies go to a per-channel queue: at most one chat.postMessage in flight per
+// channel, paced by a token bucket (slack.post_rate_per_channel, post_burst), so replies to one
+// conversation keep their order. A 429 pauses that channel's queue for Retry-After and the same
+// message is sent again; transport errors and 5xx are retried with jittered backoff; ok:false
+// errors are logged with the channel and counted, and the reply is dropped. Every reply is in the
+// store's outbox (written with the turn) until Slack confirmed all its parts; progress through a
+// multi-part reply is recorded, so a restart resends only what was not confirmed.
+// Replies to slash commands go to the command's response_url (ephemeral).
+//
+// Thread-safety: thread-safe. Lifetime: create with std::make_shared; Stop() before destroying
+// the io_context.
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "adapters/slack/codec.h"
+#include "adapters/slack/socket_mode.h"
+#include "adapters/slack/web_api.h"
+#include "config/config.h"
+#include "core/channel.h"
+#include "core/clock.h"
+#include "core/control.h"
+#include "core/metrics.h"
+#include "net/http.h"
+#include "store/committer.h"
+#include "store/kv_store.h"
+#include "store/records.h"
+
+namespace parley::slack {
+
+// Who the bot is, from auth.test.
+struct BotIdentity {
+  std::string user_id;  // U…
+  std::string bot_id;   // B…
+  std::string team_id;  // T…
+  std::string team;     // workspace name (logs)
+};
+
+class SlackAdapter final : public ChannelAdapter,
+                           public std::enable_shared_from_this<SlackAdapter> {
+ public:
+  // on_fatal runs (once, on any thread) when the adapter cannot go on: a bad token at start or
+  // later, or Socket Mode turned off for the app (link_disabled). The daemon should stop.
+  SlackAdapter(boost::asio::io_context& io, config::SlackConfig config,
+               std::shared_ptr<net::HttpClient> http, store::KvStore& kv,
+               store::Committer& committer, ConversationControl& control, const Clock& clock,
+               MetricsRegistry& metrics, std::function<void(Status)> on_fatal);
+  ~SlackAdapter() override;
+
+  std::string platform() const override { return kPlatform; }
+
+  // Queues the replies left in the outbox by an earlier run. Call once, before the router replays
+  // its inbox (whose replies arrive through Send) and before Start.
+  Status ResumeOutbox();
+
+  // auth.test (transport failures retried with backoff; a bad token calls on_fatal), then opens
+  // the Socket Mode connections. Returns at once; intake starts when the first socket says hello.
+  Status Start(InboundSink& sink) override;
+  // Closes the sockets (envelopes not yet acknowledged are redelivered by Slack to the next run).
+  // Replies still queued stay in the outbox for the next start.
+  void Stop(std::function<void()> done) override;
+
+  bool DeliversDurably(const OutboundMessage& message) const override;
+  void Send(OutboundMessage message, DeliveryCallback done) override;
+
+  // Sockets that have said hello.
+  size_t ReadySockets() const;
+  // auth.test has succeeded.
+  bool Authenticated() const { return authenticated_.load(); }
+  // Replies queued or being sent.
+  size_t PendingReplies() const;
+
+ private:
+  struct Delivery {
+    std::string id;
+    OutboundMessage message;
+    int parts_done = 0;  // chat.postMessage bodies Slack has confirmed
+    int attempts = 0;    // failed attempts of the current part
+    int64_t created_ms = 0;
+    // Loaded from the outbox at start: the previous run may have been stopped after Slack
+    // confirmed a part and before that was recorded, so Slack is asked first (verified).
+    bool resumed = false;
+    bool verified = false;
+    DeliveryCallback done;
+  };
+  struct ChannelQueue {
+    std::deque<Delivery> queue;
+    bool busy = false;       // the front delivery is being worked on (call or timer pending)
+    bool in_flight = false;  // a call for the front delivery is under way
+    double tokens = 0;     // pacing bucket
+    int64_t refilled_ms = 0;
+  };
+
+  // The adapter-private reply route of a slash command's answer.
+  struct SlashRoute {
+    std::string response_url;  // empty: answer with chat.postEphemeral instead
+    std::string user;
+  };
+  enum class ReactionState { kAdding, kAdded, kRemoveWanted };
+
+  void Authenticate(int attempt);
+  void OpenSockets();
+  void OnEnvelope(Envelope envelope, AckFn ack);
+  void OnEvent(const Envelope& envelope);
+  void OnSlashCommand(const Envelope& envelope, AckFn ack);
+  void OnBlockAction(const Envelope& envelope);
+  void Refuse(const std::string& channel, const std::string& user, const std::string& text);
+  bool BotInThread(const std::string& channel, const std::string& thread_ts);
+  void RememberThread(const std::string& channel, const std::string& thread_ts);
+  void SignalWorking(const std::string& channel, const std::string& ts, bool on);
+  void Fatal(Status why);
+
+  void Enqueue(Delivery delivery);
+  void Pump(const std::string& channel);
+  void Attempt(const std::string& channel);
+  void AttemptResponseUrl(const std::string& channel, Delivery& d, const SlashRoute& route);
+  void Verify(const std::string& channel, Delivery& d);
+  void PartDone(const std::string& channel);
+  void Retry(const std::string& channel, int64_t delay_ms, const std::string& why);
+  void Complete(const std::string& channel, Status outcome);
+  void After(int64_t delay_ms, std::function<void()> fn);
+
+  boost::asio::io_context& io_;
+  config::SlackConfig config_;
+  store::KvStore& kv_;
+  store::Committer& committer_;
+  ConversationControl& control_;
+  const Clock& clock_;
+  MetricsRegistry& metrics_;
+  std::function<void(Status)> on_fatal_;
+  WebApi api_;
+  store::Outbox outbox_;
+  std::unique_ptr<SocketModeClient> sockets_;
+  InboundSink* sink_ = nullptr;
+  std::atomic<bool> authenticated_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> fatal_{false};
+  std::atomic<bool> stopped_{false};  // Stop() finished: no new Web API deliveries start
+
+  mutable std::mutex mu_;
+  BotIdentity bot_;
+  std::map<std::string, ChannelQueue> channels_;
+  std::unordered_set<std::string> queued_ids_;  // delivery ids queued or in flight
+  std::unordered_set<std::string> threads_;     // "channel/thread_ts" the bot answered in (cache)
+  std::unordered_map<std::string, int64_t> refused_notes_;  // "channel/user" -> last note ms
+  std::unordered_map<std::string, ReactionState> reactions_;  // "channel/ts" working signals
+
+  Counter& events_received_;
+  Counter& events_ignored_;
+  Counter& events_refused_;
+  Counter& replies_delivered_;
+  Counter& replies_dropped_;
+  Counter& feedback_helpful_;
+  Counter& feedback_unhelpful_;
+  Gauge& replies_pending_;
+};
+
+}  // namespace parley::slack
