@@ -225,6 +225,9 @@ TEST_F(SlackE2eTest, DirectMessageIsAnsweredInTheDm) {
   EXPECT_EQ(reply.thread_ts, "");
   EXPECT_NE(reply.text.find("fourteen days"), std::string::npos) << reply.text;
   EXPECT_TRUE(slack_.Reactions().empty());
+  // SIGTERM: the sockets close and the daemon exits 0.
+  EXPECT_EQ(daemon_->Terminate(), 0);
+  EXPECT_TRUE(slack_.WaitForOpenConnections(0, 5'000));
 }
 
 TEST_F(SlackE2eTest, ThreadFollowUpsAreAnsweredAndUnaddressedChannelMessagesAreNot) {

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <future>
 #include <map>
 #include <mutex>
@@ -111,7 +112,10 @@ class SlackServer::Impl {
     for (const auto& c : options_.channels) channels_.insert(c);
     http_ = std::make_unique<net::HttpServer>(
         io_, net::HttpServerOptions{},
-        [this](net::HttpRequest req, net::Responder respond) { respond(HandleHttp(req)); });
+        [this](net::HttpRequest req, net::Responder respond) {
+          respond(HandleHttp(req));
+          if (options_.on_message) NotifyRecorded();
+        });
     api_port_ = http_->ListenTcp("127.0.0.1", 0).value();
 
     ws_.clear_access_channels(websocketpp::log::alevel::all);
@@ -166,6 +170,26 @@ class SlackServer::Impl {
   }
 
   // ---------------- HTTP ----------------
+
+  // With mu_ held: appends m to messages_, stamped with the receive time, and queues it for the
+  // on_message observer (if any).
+  void RecordLocked(const SlackPostedMessage& m) {
+    messages_.push_back(m);
+    messages_.back().received_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+            .count();
+    if (options_.on_message) to_notify_.push_back(messages_.back());
+  }
+
+  // On the io thread, without mu_: hands what RecordLocked queued to the observer.
+  void NotifyRecorded() {
+    std::vector<SlackPostedMessage> batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      batch.swap(to_notify_);
+    }
+    for (const SlackPostedMessage& m : batch) options_.on_message(m);
+  }
 
   net::HttpResponse HandleHttp(const net::HttpRequest& req) {
     if (req.path.compare(0, 16, "/hooks/commands/") == 0) return HandleResponseUrl(req);
@@ -298,7 +322,7 @@ class SlackServer::Impl {
       if (!m.blocks.is_null()) message["blocks"] = m.blocks;
       if (!m.metadata.is_null()) message["metadata"] = m.metadata;
       known_ts_.insert(channel + "/" + m.ts);
-      messages_.push_back(m);
+      RecordLocked(m);
       if (options_.echo_bot_posts) {
         Json echo = message;
         echo["channel"] = channel;
@@ -313,7 +337,7 @@ class SlackServer::Impl {
       m.ts = StringArg(args, "ts");
       if (m.ts.empty()) return SlackError("invalid_arguments");
       if (!known_ts_.count(channel + "/" + m.ts)) return SlackError("message_not_found");
-      messages_.push_back(m);
+      RecordLocked(m);
       return JsonResponse(Json{{"ok", true},
                                {"channel", channel},
                                {"ts", m.ts},
@@ -323,7 +347,7 @@ class SlackServer::Impl {
     // chat.postEphemeral
     if (m.user.empty()) return SlackError("invalid_arguments");
     m.ts = NextTs();
-    messages_.push_back(m);
+    RecordLocked(m);
     return JsonResponse(Json{{"ok", true}, {"message_ts", m.ts}});
   }
 
@@ -384,7 +408,7 @@ class SlackServer::Impl {
     if (m.text.empty() && !(m.blocks.is_array() && !m.blocks.empty())) {
       return SlackError("no_text");
     }
-    messages_.push_back(m);
+    RecordLocked(m);
     net::HttpResponse r;
     r.content_type = "text/plain";
     r.body = "ok";
@@ -563,7 +587,7 @@ class SlackServer::Impl {
       int conn_id = PickConnLocked();
       if (conn_id == 0) return;
       Envelope e = std::move(queue_.front());
-      queue_.erase(queue_.begin());
+      queue_.pop_front();
       Json frame{{"envelope_id", e.envelope_id},
                  {"type", e.type},
                  {"payload", e.payload},
@@ -677,9 +701,10 @@ class SlackServer::Impl {
   uint64_t next_response_url_ = 0;
   std::map<int, Conn> conns_;
   std::map<Hdl, int, std::owner_less<Hdl>> ids_;
-  std::vector<Envelope> queue_;
+  std::deque<Envelope> queue_;  // a deque: flushed from the front one by one
   std::map<std::string, Envelope> pending_;
   std::vector<SlackPostedMessage> messages_;
+  std::vector<SlackPostedMessage> to_notify_;  // recorded, not yet handed to on_message
   std::vector<SlackReaction> reactions_;
   std::vector<SlackDelivery> deliveries_;
   std::vector<SlackAck> acks_;

@@ -25,6 +25,22 @@
 
 namespace parley::testing {
 
+// A chat.postMessage / chat.update / chat.postEphemeral call that was answered ok.
+struct SlackPostedMessage {
+  std::string method;  // "chat.postMessage", "chat.update", "chat.postEphemeral", "response_url"
+  std::string channel;
+  std::string ts;         // assigned ts (postMessage), edited ts (update), message_ts (ephemeral)
+  std::string thread_ts;  // empty when absent
+  std::string user;       // postEphemeral's recipient
+  std::string text;
+  nlohmann::json blocks;    // null when absent
+  nlohmann::json metadata;  // null when absent
+  nlohmann::json args;      // every argument as received
+  // When the call was recorded: std::chrono::steady_clock, nanoseconds since its epoch (the same
+  // clock in every thread of the process, so a benchmark can subtract its own send times).
+  int64_t received_ns = 0;
+};
+
 struct SlackServerOptions {
   std::string app_token = "xapp-1-A1-test";
   std::string bot_token = "xoxb-test-bot";
@@ -41,19 +57,12 @@ struct SlackServerOptions {
   // When true, every ok chat.postMessage comes back as a `message` event carrying the bot's
   // bot_id and user (as Slack does with message.channels / message.im subscribed).
   bool echo_bot_posts = false;
-};
-
-// A chat.postMessage / chat.update / chat.postEphemeral call that was answered ok.
-struct SlackPostedMessage {
-  std::string method;  // "chat.postMessage", "chat.update", "chat.postEphemeral", "response_url"
-  std::string channel;
-  std::string ts;         // assigned ts (postMessage), edited ts (update), message_ts (ephemeral)
-  std::string thread_ts;  // empty when absent
-  std::string user;       // postEphemeral's recipient
-  std::string text;
-  nlohmann::json blocks;    // null when absent
-  nlohmann::json metadata;  // null when absent
-  nlohmann::json args;      // every argument as received
+  // Optional observer of every message Messages() records (ok chat.postMessage, chat.update,
+  // chat.postEphemeral, response_url POSTs), called once per message on the server's io thread
+  // after the HTTP answer has been handed to the connection, WITHOUT the server's lock held (it
+  // may call the inspection methods). It must be quick: it delays the next request. For
+  // benchmarks, which must not copy Messages() over and over at tens of thousands of messages.
+  std::function<void(const SlackPostedMessage&)> on_message;
 };
 
 struct SlackReaction {
