@@ -314,16 +314,17 @@ int Serve(const config::Config& config) {
                config.store.path);
   std::string chat = SelfPath() + " chat";
   if (config.file != "config/parley.toml") chat += " --config " + config.file;
-  std::fprintf(stderr,
-               "\nparley is listening on %s\n"
-               "  talk to it:   %s\n"
-               "  or webhook:   curl -s %s/v1/messages -H 'Content-Type: application/json' \\\n"
-               "                  -d '{\"conversation\":\"demo\",\"user\":\"me\",\"text\":\"How do "
-               "I configure the webhook?\"}'%s\n"
-               "  health:       %s/healthz   metrics: %s/metrics\n\n",
-               base.c_str(), chat.c_str(), base.c_str(),
-               config.webhook.secret.empty() ? "" : "\n                (signed: see README)",
-               base.c_str(), base.c_str());
+  std::string banner = "\nparley is listening on " + base + "\n  talk to it:   " + chat + "\n";
+  if (hook) {
+    banner += "  or webhook:   curl -s " + base +
+              "/v1/messages -H 'Content-Type: application/json' \\\n"
+              "                  -d '{\"conversation\":\"demo\",\"user\":\"me\",\"text\":\"How do I "
+              "configure the webhook?\"}'\n";
+    if (!config.webhook.secret.empty()) banner += "                (signed: see README)\n";
+  }
+  if (slack_adapter) banner += "  slack:        connecting (Socket Mode); mention the bot or DM it\n";
+  banner += "  health:       " + base + "/healthz   metrics: " + base + "/metrics\n\n";
+  std::fputs(banner.c_str(), stderr);
 
   boost::asio::signal_set hangup(rt.io, SIGHUP);
   std::function<void()> wait_hangup = [&] {
