@@ -110,12 +110,11 @@ class SlackServer::Impl {
   explicit Impl(SlackServerOptions options)
       : options_(std::move(options)), guard_(io_.get_executor()) {
     for (const auto& c : options_.channels) channels_.insert(c);
-    http_ = std::make_unique<net::HttpServer>(
-        io_, net::HttpServerOptions{},
-        [this](net::HttpRequest req, net::Responder respond) {
-          respond(HandleHttp(req));
-          if (options_.on_message) NotifyRecorded();
-        });
+    http_ = std::make_unique<net::HttpServer>(io_, net::HttpServerOptions{},
+                                              [this](net::HttpRequest req, net::Responder respond) {
+                                                respond(HandleHttp(req));
+                                                if (options_.on_message) NotifyRecorded();
+                                              });
     api_port_ = http_->ListenTcp("127.0.0.1", 0).value();
 
     ws_.clear_access_channels(websocketpp::log::alevel::all);
