@@ -307,7 +307,8 @@ bool SlackAdapter::BotInThread(const std::string& channel, const std::string& th
   return true;
 }
 
-void SlackAdapter::RememberThread(const std::string& channel, const std::string& thread_ts) {
+void SlackAdapter::RememberThread(const std::string& channel, const std::string& thread_ts,
+                                  store::WriteBatch& batch) {
   if (thread_ts.empty()) return;
   const std::string key = channel + "/" + thread_ts;
   {
@@ -316,9 +317,7 @@ void SlackAdapter::RememberThread(const std::string& channel, const std::string&
     if (threads_.size() >= kThreadCacheLimit) threads_.clear();
     threads_.insert(key);
   }
-  store::WriteBatch batch;
   batch.Put(store::keys::SlackThread(channel, thread_ts), std::to_string(clock_.NowMs()));
-  committer_.Submit(std::move(batch), nullptr);
 }
 
 void SlackAdapter::OnEvent(const Envelope& envelope) {
@@ -436,24 +435,68 @@ void SlackAdapter::SignalWorking(const std::string& channel, const std::string& 
   }
   const std::string key = channel + "/" + ts;
   auto self = shared_from_this();
-  auto remove = [self, channel, ts] {
-    self->api_.Call("reactions.remove",
-                    json{{"channel", channel}, {"timestamp", ts},
-                         {"name", self->config_.working_reaction}},
-                    Token::kBot, [channel](ApiResult r) {
-                      if (!r.ok() && r.error != "no_reaction") {
-                        spdlog::debug("slack.reaction.remove_failed channel={} error=\"{}\"",
-                                      channel, r.error);
-                      }
-                    });
-  };
   if (on) {
     // Best effort: skipped while the method is rate limited (Tier 3, ~50/min).
     if (api_.PausedForMs("reactions.add") > 0) return;
+    if (config_.working_delay_ms > 0) {
+      // Shown only when the answer takes longer than working_delay_ms: a quick answer needs no
+      // signal, and the two calls would cost more than the answer.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (reactions_.size() > 100'000) return;  // far behind: no signals
+        reactions_[key] = ReactionState::kPending;
+      }
+      After(config_.working_delay_ms, [self, key, channel, ts] {
+        {
+          std::lock_guard<std::mutex> lock(self->mu_);
+          auto it = self->reactions_.find(key);
+          if (it == self->reactions_.end() || it->second != ReactionState::kPending) return;
+          it->second = ReactionState::kAdding;
+        }
+        self->AddReaction(channel, ts);
+      });
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       reactions_[key] = ReactionState::kAdding;
     }
+    AddReaction(channel, ts);
+    return;
+  }
+  bool remove_now = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = reactions_.find(key);
+    if (it == reactions_.end()) return;
+    if (it->second == ReactionState::kPending) {
+      reactions_.erase(it);  // answered before the signal was due: nothing to undo
+    } else if (it->second == ReactionState::kAdding) {
+      it->second = ReactionState::kRemoveWanted;
+    } else {
+      reactions_.erase(it);
+      remove_now = true;
+    }
+  }
+  if (remove_now) RemoveReaction(channel, ts);
+}
+
+void SlackAdapter::RemoveReaction(const std::string& channel, const std::string& ts) {
+  api_.Call("reactions.remove",
+            json{{"channel", channel}, {"timestamp", ts}, {"name", config_.working_reaction}},
+            Token::kBot, [channel](ApiResult r) {
+              if (!r.ok() && r.error != "no_reaction") {
+                spdlog::debug("slack.reaction.remove_failed channel={} error=\"{}\"", channel,
+                              r.error);
+              }
+            });
+}
+
+void SlackAdapter::AddReaction(const std::string& channel, const std::string& ts) {
+  const std::string key = channel + "/" + ts;
+  auto self = shared_from_this();
+  auto remove = [self, channel, ts] { self->RemoveReaction(channel, ts); };
+  {
     api_.Call("reactions.add",
               json{{"channel", channel}, {"timestamp", ts}, {"name", config_.working_reaction}},
               Token::kBot, [self, key, channel, remove](ApiResult r) {
@@ -475,21 +518,7 @@ void SlackAdapter::SignalWorking(const std::string& channel, const std::string& 
                 }
                 if (remove_now) remove();
               });
-    return;
   }
-  bool remove_now = false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = reactions_.find(key);
-    if (it == reactions_.end()) return;
-    if (it->second == ReactionState::kAdding) {
-      it->second = ReactionState::kRemoveWanted;
-    } else {
-      reactions_.erase(it);
-      remove_now = true;
-    }
-  }
-  if (remove_now) remove();
 }
 
 void SlackAdapter::OnSlashCommand(const Envelope& envelope, AckFn ack) {
@@ -753,7 +782,6 @@ void SlackAdapter::Attempt(const std::string& channel) {
           case Outcome::kOk: {
             d->parts_done += 1;
             d->attempts = 0;
-            if (d->parts_done == 1) self->RememberThread(channel, thread_ts);
             if (d->parts_done >= static_cast<int>(parts)) {
               return self->Complete(channel, Status::Ok());
             }
@@ -928,9 +956,18 @@ void SlackAdapter::Complete(const std::string& channel, Status outcome) {
                   d.message.turn_id.empty() ? "-" : d.message.turn_id, channel,
                   outcome.message());
   }
+  // Not synced, and written here rather than through the committer: a removal lost to a power
+  // failure only makes the next start ask Slack whether the reply is there (Verify), which finds
+  // it. Saves an fsync per reply.
   store::WriteBatch batch;
   outbox_.Remove(batch, kPlatform, d.id);
-  committer_.Submit(std::move(batch), nullptr);
+  if (d.parts_done > 0 && d.message.reply_route.empty()) {
+    RememberThread(channel, d.message.conversation.thread, batch);
+  }
+  Status written = kv_.Write(batch, /*sync=*/false);
+  if (!written.ok()) {
+    spdlog::error("slack.outbox.remove_failed id={} error=\"{}\"", d.id, written.ToString());
+  }
   auto [reply_channel, ts] = SplitDedupeKey(d.message.in_reply_to);
   if (!ts.empty()) SignalWorking(reply_channel, ts, false);
   if (d.done) d.done(outcome);

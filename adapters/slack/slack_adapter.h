@@ -116,7 +116,7 @@ class SlackAdapter final : public ChannelAdapter,
     std::string response_url;  // empty: answer with chat.postEphemeral instead
     std::string user;
   };
-  enum class ReactionState { kAdding, kAdded, kRemoveWanted };
+  enum class ReactionState { kPending, kAdding, kAdded, kRemoveWanted };
 
   void Authenticate(int attempt);
   void OpenSockets();
@@ -126,8 +126,13 @@ class SlackAdapter final : public ChannelAdapter,
   void OnBlockAction(const Envelope& envelope);
   void Refuse(const std::string& channel, const std::string& user, const std::string& text);
   bool BotInThread(const std::string& channel, const std::string& thread_ts);
-  void RememberThread(const std::string& channel, const std::string& thread_ts);
+  // Notes that the bot answered in the thread; adds the durable mark to batch when it is new.
+  void RememberThread(const std::string& channel, const std::string& thread_ts,
+                      store::WriteBatch& batch);
   void SignalWorking(const std::string& channel, const std::string& ts, bool on);
+  // Calls reactions.add; the caller has set reactions_[channel/ts] to kAdding.
+  void AddReaction(const std::string& channel, const std::string& ts);
+  void RemoveReaction(const std::string& channel, const std::string& ts);
   void Fatal(Status why);
 
   void Enqueue(Delivery delivery);

@@ -625,8 +625,11 @@ class SocketModeClient::Impl : public std::enable_shared_from_this<Impl> {
                               std::chrono::milliseconds(options_.silence_timeout_ms);
       if (now >= silence_deadline) return Kill(sock, "dead_silence");
       consider(silence_deadline);
+      // The ping is answered by its pong or by any frame received after it: under a burst the
+      // pong queues behind envelopes, and a socket that is delivering is alive.
       if (sock->ping_outstanding &&
-          sock->pongs.load(std::memory_order_relaxed) != sock->pongs_at_ping) {
+          (sock->pongs.load(std::memory_order_relaxed) != sock->pongs_at_ping ||
+           FromNs(sock->last_rx_ns.load(std::memory_order_relaxed)) > sock->ping_sent)) {
         sock->ping_outstanding = false;
       }
       if (sock->ping_outstanding) {

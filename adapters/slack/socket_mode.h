@@ -13,7 +13,7 @@
 //   falls in a gap. too_many_websockets: that socket closes and is not replaced until backoff.
 //   link_disabled: every socket closes, nothing reconnects, on_stopped gets FailedPrecondition.
 // - Keep-alive: server pings are answered; the client pings every ping_interval_ms and a socket
-//   with no pong within pong_timeout_ms, no hello within hello_timeout_ms, or no frame at all
+//   with no pong (nor any other frame) within pong_timeout_ms, no hello within hello_timeout_ms, or no frame at all
 //   within silence_timeout_ms is dead: it is closed and replaced.
 // - Lost sockets (dropped, refused, dead) are replaced with jittered exponential backoff; the
 //   attempt count resets once a socket has said hello.

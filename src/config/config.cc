@@ -757,6 +757,7 @@ class Parser {
            ChoiceField(&s.working_signal, {{"reaction", SlackWorkingSignal::kReaction},
                                            {"none", SlackWorkingSignal::kNone}})},
           {"working_reaction", ReactionField(&s.working_reaction)},
+          {"working_delay_ms", IntField(&s.working_delay_ms, 0, 60'000)},
           {"slash_command", SlashCommandField(&s.slash_command)},
           {"feedback_buttons", BoolField(&s.feedback_buttons)},
           {"ping_interval_ms", IntField(&s.ping_interval_ms, 1000, 600'000)},

@@ -136,6 +136,7 @@ struct SlackConfig {
   SlackRefusal refusal = SlackRefusal::kEphemeral;
   SlackWorkingSignal working_signal = SlackWorkingSignal::kReaction;
   std::string working_reaction = "eyes";  // emoji name, without colons
+  int working_delay_ms = 500;  // the signal shows only when an answer takes longer (0 = at once)
   std::string slash_command = "/parley";
   bool feedback_buttons = true;   // helpful / not helpful buttons under answers
   int ping_interval_ms = 10'000;  // the client pings each socket this often

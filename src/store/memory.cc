@@ -71,15 +71,34 @@ void ConversationMemory::Append(WriteBatch& batch, const ConversationKey& conv,
   auto it = cache_.find(conv.Encode());
   if (it == cache_.end()) return;
   it->second.turns.push_back(turn);
+  cached_bytes_ += ApproxBytes(turn);
   if (it->second.turns.size() > kCachedTurns) {
+    cached_bytes_ -= ApproxBytes(it->second.turns.front());
     it->second.turns.pop_front();
     it->second.complete = false;
   }
 }
 
+size_t ConversationMemory::ApproxBytes(const Turn& turn) {
+  size_t bytes = sizeof(Turn) + turn.text.size() + turn.user.size() + turn.turn_id.size();
+  for (const Citation& c : turn.citations) {
+    bytes += sizeof(Citation) + c.title.size() + c.source.size() + c.section.size() + c.url.size();
+  }
+  return bytes;
+}
+
+size_t ConversationMemory::ApproxBytes(const std::deque<Turn>& turns) {
+  size_t bytes = 0;
+  for (const Turn& t : turns) bytes += ApproxBytes(t);
+  return bytes;
+}
+
 void ConversationMemory::Invalidate(const ConversationKey& conv) {
   std::lock_guard<std::mutex> lock(mu_);
-  cache_.erase(conv.Encode());
+  auto it = cache_.find(conv.Encode());
+  if (it == cache_.end()) return;
+  cached_bytes_ -= ApproxBytes(it->second.turns);
+  cache_.erase(it);
 }
 
 std::vector<Turn> ConversationMemory::Select(const std::deque<Turn>& turns, size_t max_turns,
@@ -127,13 +146,23 @@ Result<std::vector<Turn>> ConversationMemory::Recent(const ConversationKey& conv
   if (!status.ok()) return status;
   std::deque<Turn> turns(newest_first.rbegin(), newest_first.rend());
   std::vector<Turn> selected = Select(turns, max_turns, max_chars);
-  std::lock_guard<std::mutex> lock(mu_);
-  if (cache_.size() >= kCachedConversations) cache_.clear();
   while (turns.size() > kCachedTurns) {
     turns.pop_front();
     complete = false;
   }
+  const size_t bytes = ApproxBytes(turns);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto old = cache_.find(encoded);
+  if (old != cache_.end()) {
+    cached_bytes_ -= ApproxBytes(old->second.turns);
+    cache_.erase(old);
+  }
+  if (cache_.size() >= kCachedConversations || cached_bytes_ + bytes > kCachedBytes) {
+    cache_.clear();
+    cached_bytes_ = 0;
+  }
   cache_[encoded] = CachedTurns{std::move(turns), complete};
+  cached_bytes_ += bytes;
   return selected;
 }
 
@@ -189,6 +218,7 @@ Result<size_t> ConversationMemory::ForgetUser(const std::string& platform,
   {
     std::lock_guard<std::mutex> lock(mu_);
     cache_.clear();
+    cached_bytes_ = 0;
   }
   if (!status.ok()) return status;
   return removed;

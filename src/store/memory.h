@@ -60,6 +60,11 @@ class ConversationMemory {
   };
   static constexpr size_t kCachedTurns = 16;
   static constexpr size_t kCachedConversations = 50'000;
+  // Approximate bytes the cache may hold; past it, the cache starts over (keeps RSS flat when
+  // many conversations are active).
+  static constexpr size_t kCachedBytes = 8 * 1024 * 1024;
+  static size_t ApproxBytes(const Turn& turn);
+  static size_t ApproxBytes(const std::deque<Turn>& turns);
 
   int64_t CutoffMs() const;
   std::vector<Turn> Select(const std::deque<Turn>& turns, size_t max_turns, size_t max_chars) const;
@@ -68,6 +73,7 @@ class ConversationMemory {
   int64_t retention_ms_;
   mutable std::mutex mu_;
   mutable std::unordered_map<std::string, CachedTurns> cache_;
+  mutable size_t cached_bytes_ = 0;  // ApproxBytes of everything in cache_
 };
 
 }  // namespace parley::store

@@ -144,6 +144,7 @@ const std::set<std::string> kAllKeys = {
     "slack.refusal",
     "slack.working_signal",
     "slack.working_reaction",
+    "slack.working_delay_ms",
     "slack.slash_command",
     "slack.feedback_buttons",
     "slack.ping_interval_ms",

@@ -185,7 +185,7 @@ class SlackE2eTest : public ::testing::Test {
 };
 
 TEST_F(SlackE2eTest, MentionIsAnsweredInItsThreadWithCitationsAndAWorkingSignal) {
-  StartDaemon();
+  StartDaemon("working_delay_ms = 0\n");
   ASSERT_TRUE(slack_.WaitForOpenConnections(2, 10'000));
   const std::string ts = Ts(1);
   slack_.SendEvent(Mention("C0GENERAL", ts, "how do I install the frobnicator on linux?"));
@@ -231,7 +231,7 @@ TEST_F(SlackE2eTest, DirectMessageIsAnsweredInTheDm) {
 }
 
 TEST_F(SlackE2eTest, ThreadFollowUpsAreAnsweredAndUnaddressedChannelMessagesAreNot) {
-  StartDaemon();
+  StartDaemon("working_delay_ms = 60000\n");  // answers quicker than this get no reaction
   const std::string root = Ts(3);
   slack_.SendEvent(Mention("C0GENERAL", root, "how do I install the frobnicator on linux?"));
   ASSERT_TRUE(WaitPosted(1));
@@ -244,6 +244,7 @@ TEST_F(SlackE2eTest, ThreadFollowUpsAreAnsweredAndUnaddressedChannelMessagesAreN
   slack_.SendEvent(Message("C0GENERAL", "channel", Ts(5), "how are refunds paid?"));
   Sentinel(3);
   EXPECT_TRUE(PostedInThread(Ts(5)).empty());
+  EXPECT_TRUE(slack_.Reactions().empty());
 }
 
 TEST_F(SlackE2eTest, OwnAndOtherBotsMessagesEditsAndJoinsAreIgnored) {
