@@ -235,6 +235,13 @@ void SlackAdapter::OpenSockets() {
   sockets_->Start();
 }
 
+void SlackAdapter::StopIntake() {
+  stopping_ = true;
+  // Close the sockets now: what Slack sends from here on goes to another connection or run.
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sockets_) sockets_->Stop(nullptr);
+}
+
 void SlackAdapter::Stop(std::function<void()> done) {
   stopping_ = true;
   auto self = shared_from_this();
@@ -258,7 +265,8 @@ void SlackAdapter::Stop(std::function<void()> done) {
     }
     self->stopped_ = true;
     auto all_done = [self, done, finish] {
-      *finish = nullptr;  // breaks the cycle
+      // Break the cycle outside the running function object.
+      boost::asio::post(self->io_, [finish] { *finish = nullptr; });
       if (done) done();
     };
     if (sockets != nullptr) {

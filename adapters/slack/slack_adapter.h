@@ -76,8 +76,12 @@ class SlackAdapter final : public ChannelAdapter,
   // auth.test (transport failures retried with backoff; a bad token calls on_fatal), then opens
   // the Socket Mode connections. Returns at once; intake starts when the first socket says hello.
   Status Start(InboundSink& sink) override;
-  // Closes the sockets (envelopes not yet acknowledged are redelivered by Slack to the next run).
-  // Replies still queued stay in the outbox for the next start.
+  // Stops acknowledging envelopes and closes the sockets (Slack redelivers what was not
+  // acknowledged to the next run or another replica). Call first when shutting down, before the router stops taking messages, so no acknowledged
+  // event is refused.
+  void StopIntake();
+  // Stops intake, lets queued replies go out (5 s at most), then closes the sockets.
+  // Replies still queued then stay in the outbox for the next start.
   void Stop(std::function<void()> done) override;
 
   bool DeliversDurably(const OutboundMessage& message) const override;

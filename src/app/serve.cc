@@ -251,6 +251,7 @@ int Serve(const config::Config& config) {
     if (shutdown_begun.exchange(true)) return;
     spdlog::info("shutdown.start reason=\"{}\" in_flight={}", reason, rt.router->InFlight());
     stopping = true;
+    if (slack_adapter) slack_adapter->StopIntake();  // unacknowledged events go to the next run
     public_server.Stop();
     admin_server.Stop();
     local_server.Stop();

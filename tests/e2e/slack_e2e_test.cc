@@ -5,6 +5,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -397,6 +398,38 @@ TEST_F(SlackE2eTest, KilledBeforeRepliesWereConfirmedNeverPostsAConfirmedReplyTw
   StartDaemon("working_signal = \"none\"\n");
   Sentinel(9);
   EXPECT_EQ(Posted().size(), 6u);
+}
+
+TEST_F(SlackE2eTest, SigtermUnderTrafficThenRestartAnswersEveryEventOnce) {
+  StartDaemon("working_signal = \"none\"\n");
+  ASSERT_TRUE(slack_.WaitForOpenConnections(2, 10'000));
+  const int kEvents = 30;
+  for (int i = 0; i < kEvents / 2; ++i) {
+    slack_.SendEvent(Mention("C0GENERAL", Ts(700 + i), "how are refunds paid?"));
+  }
+  // Stop while events are arriving: what the daemon acknowledged it answers (or keeps in its
+  // store); what it did not acknowledge, Slack redelivers to the next run.
+  std::thread stopper([&] { EXPECT_EQ(daemon_->Terminate(), 0); });
+  for (int i = kEvents / 2; i < kEvents; ++i) {
+    slack_.SendEvent(Mention("C0GENERAL", Ts(700 + i), "how are refunds paid?"));
+  }
+  stopper.join();
+  StartDaemon("working_signal = \"none\"\n");
+  ASSERT_TRUE(slack_.WaitFor(
+      [&] {
+        std::set<std::string> answered;
+        for (const auto& m : Posted()) answered.insert(m.thread_ts);
+        for (int i = 0; i < kEvents; ++i) {
+          if (!answered.count(Ts(700 + i))) return false;
+        }
+        return true;
+      },
+      30'000));
+  Sentinel(10);
+  std::map<std::string, int> per_thread;
+  for (const auto& m : Posted()) per_thread[m.thread_ts]++;
+  for (int i = 0; i < kEvents; ++i) EXPECT_EQ(per_thread[Ts(700 + i)], 1) << i;
+  EXPECT_EQ(Posted().size(), static_cast<size_t>(kEvents + 1));
 }
 
 TEST_F(SlackE2eTest, BadBotTokenIsOneClearErrorAndANonZeroExit) {
