@@ -6,11 +6,11 @@ Committer::Committer(KvStore& store) : store_(store), thread_([this] { Run(); })
 
 Committer::~Committer() { Shutdown(); }
 
-void Committer::Submit(WriteBatch batch, std::function<void(Status)> done) {
+void Committer::Submit(WriteBatch batch, std::function<void(Status)> done, bool sync) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!stopping_) {
-      queue_.push_back({std::move(batch), std::move(done)});
+      queue_.push_back({std::move(batch), std::move(done), sync});
       cv_.notify_one();
       return;
     }
@@ -48,8 +48,12 @@ void Committer::Run() {
       work.swap(queue_);
     }
     WriteBatch merged;
-    for (const Pending& p : work) merged.Append(p.batch);
-    Status status = store_.Write(merged, /*sync=*/true);
+    bool sync = false;
+    for (const Pending& p : work) {
+      merged.Append(p.batch);
+      sync = sync || p.sync;
+    }
+    Status status = store_.Write(merged, sync);
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++commits_;

@@ -25,19 +25,22 @@ class Committer {
   Committer(const Committer&) = delete;
   Committer& operator=(const Committer&) = delete;
 
-  // Queues the batch; done(status) runs once it is durable (or failed). After Shutdown(), done
-  // runs at once with Unavailable.
-  void Submit(WriteBatch batch, std::function<void(Status)> done);
+  // Queues the batch; done(status) runs once it is written (or failed). With sync, it is on
+  // stable storage by then; without, it is in the log (survives a process crash, not a power
+  // failure) and costs no fsync of its own: it shares the next write, synced only if another
+  // batch in it asks for that. After Shutdown(), done runs at once with Unavailable.
+  void Submit(WriteBatch batch, std::function<void(Status)> done, bool sync = true);
   // Drains pending batches and stops accepting new ones.
   void Shutdown();
 
-  uint64_t commits() const;  // synced writes done
+  uint64_t commits() const;  // writes done (synced or not)
   uint64_t batches() const;  // batches submitted and written
 
  private:
   struct Pending {
     WriteBatch batch;
     std::function<void(Status)> done;
+    bool sync = true;
   };
   void Run();
 

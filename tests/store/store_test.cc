@@ -1,4 +1,7 @@
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -102,6 +105,76 @@ TEST_F(StoreTest, CommitterGroupsConcurrentWrites) {
   Status after;
   committer.Submit(WriteBatch(), [&](Status s) { after = s; });
   EXPECT_EQ(after.code(), Status::Code::kUnavailable);
+}
+
+// Delegates to a real store, records the sync flag of every write, and can hold a write until
+// released (so that later submissions pile up behind it).
+class GatedStore final : public KvStore {
+ public:
+  explicit GatedStore(KvStore& inner) : inner_(inner) {}
+  Result<std::string> Get(std::string_view key) override { return inner_.Get(key); }
+  Status Write(const WriteBatch& batch, bool sync) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    syncs_.push_back(sync);
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !hold_; });
+    return inner_.Write(batch, sync);
+  }
+  Status Scan(std::string_view prefix, const ScanVisitor& visit,
+              std::string_view start) override {
+    return inner_.Scan(prefix, visit, start);
+  }
+  Status ScanReverse(std::string_view prefix, const ScanVisitor& visit) override {
+    return inner_.ScanReverse(prefix, visit);
+  }
+  void Hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = true;
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = false;
+    cv_.notify_all();
+  }
+  // Waits until n writes have started; returns their sync flags.
+  std::vector<bool> WaitWrites(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    EXPECT_TRUE(cv_.wait_for(lock, std::chrono::seconds(10), [&] { return syncs_.size() >= n; }));
+    return syncs_;
+  }
+
+ private:
+  KvStore& inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool hold_ = false;
+  std::vector<bool> syncs_;
+};
+
+TEST_F(StoreTest, CommitterSyncsOnlyWhenABatchAsksForIt) {
+  GatedStore gated(*kv_);
+  Committer committer(gated);
+  auto put = [](const std::string& key) {
+    WriteBatch b;
+    b.Put(key, "v");
+    return b;
+  };
+  gated.Hold();
+  committer.Submit(put("s/1"), nullptr);  // write 1 (synced), held
+  gated.WaitWrites(1);
+  committer.Submit(put("s/2"), nullptr, /*sync=*/false);
+  committer.Submit(put("s/3"), nullptr, /*sync=*/false);  // together: write 2, not synced
+  gated.Release();
+  gated.WaitWrites(2);
+  gated.Hold();
+  committer.Submit(put("s/4"), nullptr, /*sync=*/false);  // write 3 (alone, not synced), held
+  gated.WaitWrites(3);
+  committer.Submit(put("s/5"), nullptr, /*sync=*/false);
+  committer.Submit(put("s/6"), nullptr, /*sync=*/true);  // together: write 4, synced
+  gated.Release();
+  committer.Shutdown();
+  EXPECT_EQ(gated.WaitWrites(4), (std::vector<bool>{true, false, false, true}));
+  EXPECT_EQ(Keys(*kv_, "s/").size(), 6u);
 }
 
 TEST_F(StoreTest, DedupeClaimsOnceAndExpires) {
