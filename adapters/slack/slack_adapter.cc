@@ -96,11 +96,6 @@ size_t SlackAdapter::ReadySockets() const {
   return sockets_ ? sockets_->ReadySockets() : 0;
 }
 
-size_t SlackAdapter::PendingReplies() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return queued_ids_.size();
-}
-
 void SlackAdapter::After(int64_t delay_ms, std::function<void()> fn) {
   auto timer = std::make_shared<boost::asio::steady_timer>(io_);
   timer->expires_after(std::chrono::milliseconds(std::max<int64_t>(0, delay_ms)));
@@ -170,7 +165,6 @@ void SlackAdapter::Authenticate(int attempt) {
         std::lock_guard<std::mutex> lock(self->mu_);
         self->bot_ = bot;
       }
-      self->authenticated_ = true;
       self->OpenSockets();
       return;
     }
@@ -964,18 +958,21 @@ void SlackAdapter::Complete(const std::string& channel, Status outcome) {
                   d.message.turn_id.empty() ? "-" : d.message.turn_id, channel,
                   outcome.message());
   }
-  // Not synced, and written here rather than through the committer: a removal lost to a power
-  // failure only makes the next start ask Slack whether the reply is there (Verify), which finds
-  // it. Saves an fsync per reply.
+  // Not synced (no fsync of its own): a removal lost to a power failure only makes the next
+  // start ask Slack whether the reply is there (Verify), which finds it.
   store::WriteBatch batch;
   outbox_.Remove(batch, kPlatform, d.id);
   if (d.parts_done > 0 && d.message.reply_route.empty()) {
     RememberThread(channel, d.message.conversation.thread, batch);
   }
-  Status written = kv_.Write(batch, /*sync=*/false);
-  if (!written.ok()) {
-    spdlog::error("slack.outbox.remove_failed id={} error=\"{}\"", d.id, written.ToString());
-  }
+  committer_.Submit(
+      std::move(batch),
+      [id = d.id](Status written) {
+        if (!written.ok()) {
+          spdlog::error("slack.outbox.remove_failed id={} error=\"{}\"", id, written.ToString());
+        }
+      },
+      /*sync=*/false);
   auto [reply_channel, ts] = SplitDedupeKey(d.message.in_reply_to);
   if (!ts.empty()) SignalWorking(reply_channel, ts, false);
   if (d.done) d.done(outcome);

@@ -89,10 +89,6 @@ class SlackAdapter final : public ChannelAdapter,
 
   // Sockets that have said hello.
   size_t ReadySockets() const;
-  // auth.test has succeeded.
-  bool Authenticated() const { return authenticated_.load(); }
-  // Replies queued or being sent.
-  size_t PendingReplies() const;
 
  private:
   struct Delivery {
@@ -161,7 +157,6 @@ class SlackAdapter final : public ChannelAdapter,
   store::Outbox outbox_;
   std::unique_ptr<SocketModeClient> sockets_;
   InboundSink* sink_ = nullptr;
-  std::atomic<bool> authenticated_{false};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> fatal_{false};
   std::atomic<bool> stopped_{false};  // Stop() finished: no new Web API deliveries start

@@ -1,13 +1,13 @@
 #include "adapters/slack/web_api.h"
 
 #include <algorithm>
-#include <cctype>
 #include <cstdlib>
 #include <unordered_set>
 
 #include <spdlog/spdlog.h>
 
 #include "adapters/slack/codec.h"
+#include "core/percent.h"
 
 namespace parley::slack {
 namespace {
@@ -81,100 +81,49 @@ int64_t WebApi::PausedForMs(const std::string& limit_key) const {
 
 void WebApi::Call(const std::string& method, const json& args, Token token, ApiCallback done,
                   const std::string& limit_key) {
-  net::ClientRequest request;
-  request.method = "POST";
-  request.url = base_url_ + method;
-  request.body = DumpJson(args);
-  request.timeout_ms = 15'000;
-  request.headers.emplace_back("Content-Type", "application/json; charset=utf-8");
-  request.headers.emplace_back(
-      "Authorization",
-      "Bearer " + (token == Token::kBot ? bot_token_.reveal() : app_token_.reveal()));
-  const std::string key = limit_key.empty() ? method : limit_key;
-  http_->Request(std::move(request),
-                 [this, method, key, done = std::move(done)](
-                     Result<net::ClientResponse> response) mutable {
-                   Finish(method, key, std::move(response), std::move(done));
-                 });
+  Post(method, base_url_ + method, DumpJson(args), "application/json; charset=utf-8", &TokenOf(token),
+       limit_key.empty() ? method : limit_key, std::move(done));
 }
 
 void WebApi::CallForm(const std::string& method,
                       const std::vector<std::pair<std::string, std::string>>& args, Token token,
                       ApiCallback done, const std::string& limit_key) {
-  auto encode = [](const std::string& in) {
-    static const char* kHex = "0123456789ABCDEF";
-    std::string out;
-    for (unsigned char c : in) {
-      if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-        out += static_cast<char>(c);
-      } else {
-        out += '%';
-        out += kHex[c >> 4];
-        out += kHex[c & 15];
-      }
-    }
-    return out;
-  };
-  net::ClientRequest request;
-  request.method = "POST";
-  request.url = base_url_ + method;
+  std::string body;
   for (const auto& [key, value] : args) {
-    if (!request.body.empty()) request.body += '&';
-    request.body += encode(key) + "=" + encode(value);
+    if (!body.empty()) body += '&';
+    body += PercentEncode(key) + "=" + PercentEncode(value);
   }
-  request.timeout_ms = 15'000;
-  request.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
-  request.headers.emplace_back(
-      "Authorization",
-      "Bearer " + (token == Token::kBot ? bot_token_.reveal() : app_token_.reveal()));
-  const std::string key = limit_key.empty() ? method : limit_key;
-  http_->Request(std::move(request),
-                 [this, method, key, done = std::move(done)](
-                     Result<net::ClientResponse> response) mutable {
-                   Finish(method, key, std::move(response), std::move(done));
-                 });
+  Post(method, base_url_ + method, std::move(body), "application/x-www-form-urlencoded",
+       &TokenOf(token), limit_key.empty() ? method : limit_key, std::move(done));
 }
 
 void WebApi::PostResponseUrl(const std::string& url, const json& body, ApiCallback done) {
+  Post("response_url", url, DumpJson(body), "application/json; charset=utf-8",
+       /*token=*/nullptr, "response_url", std::move(done));
+}
+
+const Secret& WebApi::TokenOf(Token token) const {
+  return token == Token::kBot ? bot_token_ : app_token_;
+}
+
+void WebApi::Post(const std::string& method, std::string url, std::string body,
+                  const char* content_type, const Secret* token, const std::string& limit_key,
+                  ApiCallback done) {
   net::ClientRequest request;
   request.method = "POST";
-  request.url = url;
-  request.body = DumpJson(body);
+  request.url = std::move(url);
+  request.body = std::move(body);
   request.timeout_ms = 15'000;
-  request.headers.emplace_back("Content-Type", "application/json; charset=utf-8");
+  request.headers.emplace_back("Content-Type", content_type);
+  if (token != nullptr) request.headers.emplace_back("Authorization", "Bearer " + token->reveal());
   http_->Request(std::move(request),
-                 [this, done = std::move(done)](Result<net::ClientResponse> response) {
-                   ApiResult r;
-                   if (!response.ok()) {
-                     r.outcome = Outcome::kTransient;
-                     r.error = response.status().ToString();
-                   } else {
-                     r.http_status = response->status;
-                     r.body = json::parse(response->body, nullptr, false);
-                     if (r.body.is_discarded()) r.body = nullptr;
-                     if (response->status >= 200 && response->status < 300) {
-                       r.outcome = Outcome::kOk;
-                     } else if (response->status == 429) {
-                       r.outcome = Outcome::kRateLimited;
-                       r.retry_after_ms = RetryAfterMs(response->headers);
-                     } else if (response->status >= 500) {
-                       r.outcome = Outcome::kTransient;
-                       r.error = "HTTP " + std::to_string(response->status);
-                     } else {
-                       r.outcome = Outcome::kRefused;  // e.g. 404: the response_url expired
-                       r.error = "HTTP " + std::to_string(response->status);
-                     }
-                   }
-                   metrics_
-                       .GetCounter("parley_slack_api_calls_total", "Slack Web API calls by outcome",
-                                   std::string("method=\"response_url\",outcome=\"") +
-                                       OutcomeName(r.outcome) + "\"")
-                       .Add();
-                   done(std::move(r));
+                 [this, method, limit_key, slack_body = token != nullptr,
+                  done = std::move(done)](Result<net::ClientResponse> response) mutable {
+                   Finish(method, limit_key, slack_body, std::move(response), std::move(done));
                  });
 }
 
-void WebApi::Finish(const std::string& method, const std::string& limit_key,
+void WebApi::Finish(const std::string& method, const std::string& limit_key, bool slack_body,
                     Result<net::ClientResponse> response, ApiCallback done) {
   ApiResult r;
   if (!response.ok()) {
@@ -188,6 +137,11 @@ void WebApi::Finish(const std::string& method, const std::string& limit_key,
       r.outcome = Outcome::kRateLimited;
       r.error = "ratelimited";
       r.retry_after_ms = RetryAfterMs(response->headers);
+    } else if (!slack_body && response->status < 500) {
+      // A response_url answers with any 2xx; 4xx (e.g. 404: the URL expired) is final.
+      r.outcome = response->status >= 200 && response->status < 300 ? Outcome::kOk
+                                                                      : Outcome::kRefused;
+      if (!r.ok()) r.error = "HTTP " + std::to_string(response->status);
     } else if (response->status >= 500 || r.body.is_null()) {
       r.outcome = Outcome::kTransient;
       r.error = "HTTP " + std::to_string(response->status) +

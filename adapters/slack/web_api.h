@@ -79,7 +79,13 @@ class WebApi {
   const std::string& base_url() const { return base_url_; }
 
  private:
-  void Finish(const std::string& method, const std::string& limit_key,
+  const Secret& TokenOf(Token token) const;
+  // One POST; token null = no Authorization header and no Slack body expected (response_url).
+  void Post(const std::string& method, std::string url, std::string body,
+            const char* content_type, const Secret* token, const std::string& limit_key,
+            ApiCallback done);
+  // Classifies the answer (see Outcome), pauses limit_key on a 429, counts it.
+  void Finish(const std::string& method, const std::string& limit_key, bool slack_body,
               Result<net::ClientResponse> response, ApiCallback done);
 
   std::shared_ptr<net::HttpClient> http_;

@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/percent.h"
 #include "knowledge/analyzer.h"
 #include "knowledge/knowledge.h"
 #include "knowledge/source_files.h"
@@ -302,23 +303,6 @@ Chunk ChunkFromData(const std::string& data) {
   return c;
 }
 
-// Percent-encodes what is not safe in a URL path or fragment.
-std::string UrlEscape(std::string_view s) {
-  static const char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (char ch : s) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-        c == '.' || c == '_' || c == '~' || c == '/') {
-      out.push_back(ch);
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xF]);
-    }
-  }
-  return out;
-}
 
 struct FileRecord {
   std::string key;        // source identity + "\n" + relative path
@@ -891,8 +875,8 @@ class XapianKnowledgeIndex final : public KnowledgeIndex {
         for (Chunk& chunk : chunks) {
           chunk.tags = source.tags;
           if (!source.url_base.empty()) {
-            chunk.url = source.url_base + UrlEscape(chunk.source);
-            if (!chunk.anchor.empty()) chunk.url += "#" + UrlEscape(chunk.anchor);
+            chunk.url = source.url_base + PercentEncode(chunk.source, "/");
+            if (!chunk.anchor.empty()) chunk.url += "#" + PercentEncode(chunk.anchor, "/");
           }
           db.add_document(MakeDocument(generator, chunk, file_term));
         }
