@@ -12,14 +12,13 @@
 
 #include "tests/fakes/slack/slack_server.h"
 #include "tests/support/daemon_process.h"
+#include "tests/support/sample_kb.h"
 #include "tests/support/temp_dir.h"
 
 namespace parley::testing {
 namespace {
 
 using nlohmann::json;
-
-void WriteFile(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
 SlackServerOptions FakeOptions() {
   SlackServerOptions o;
@@ -55,19 +54,7 @@ json Message(const std::string& channel, const std::string& channel_type, const 
 class SlackE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::filesystem::create_directories(dir_.Sub("kb"));
-    WriteFile(dir_.Sub("kb/frobnicator.md"),
-              "# Installing the Frobnicator\n\nThe Frobnicator ships for two systems.\n\n"
-              "## On Linux\n\nInstall the frobnicator package with apt: run `apt install "
-              "frobnicator` as root. The service starts on its own.\n\n"
-              "## On Windows\n\nDownload the Frobnicator MSI installer from the portal and run it "
-              "as an administrator.\n");
-    WriteFile(dir_.Sub("kb/widget.md"),
-              "# Installing the Widget\n\n## On macOS\n\nDrag the widget app into "
-              "Applications.\n");
-    WriteFile(dir_.Sub("kb/billing.md"),
-              "# Billing\n\n## Refunds\n\nRefunds are paid back to the original card within "
-              "fourteen days of the request.\n");
+    WriteSampleKnowledge(dir_.Sub("kb"));
   }
   void TearDown() override {
     if (HasFailure() && daemon_) std::cerr << "---- daemon log ----\n" << daemon_->Log();

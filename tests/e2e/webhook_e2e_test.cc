@@ -12,6 +12,7 @@
 #include "net/crypto.h"
 #include "tests/fakes/callback_server.h"
 #include "tests/support/daemon_process.h"
+#include "tests/support/sample_kb.h"
 #include "tests/support/temp_dir.h"
 
 namespace parley::testing {
@@ -21,9 +22,6 @@ using nlohmann::json;
 
 constexpr char kSecret[] = "e2e-signing-secret";
 
-void WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-}
 
 std::string Signature(const std::string& ts, const std::string& body) {
   return "v1=" + net::HmacSha256Hex(kSecret, ts + "." + body);
@@ -37,21 +35,8 @@ net::Headers Signed(const std::string& body, long long skew_seconds = 0) {
 class WebhookE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::filesystem::create_directories(dir_.Sub("kb"));
     std::filesystem::create_directories(dir_.Sub("kb-staff"));
-    WriteFile(dir_.Sub("kb/frobnicator.md"),
-              "# Installing the Frobnicator\n\nThe Frobnicator ships for two systems.\n\n"
-              "## On Linux\n\nInstall the frobnicator package with apt: run `apt install "
-              "frobnicator` as root. The service starts on its own.\n\n"
-              "## On Windows\n\nDownload the Frobnicator MSI installer from the portal and run it "
-              "as an administrator.\n");
-    WriteFile(dir_.Sub("kb/widget.md"),
-              "# Installing the Widget\n\n## On Linux\n\nThe widget is a tarball: unpack "
-              "widget.tar.gz into /opt and run widget-setup.\n\n## On macOS\n\nDrag the widget "
-              "app into Applications.\n");
-    WriteFile(dir_.Sub("kb/billing.md"),
-              "# Billing\n\n## Refunds\n\nRefunds are paid back to the original card within "
-              "fourteen days of the request.\n");
+    WriteSampleKnowledge(dir_.Sub("kb"));
     WriteFile(dir_.Sub("kb-staff/runbook.md"),
               "# Incident runbook\n\n## Paging the on-call engineer\n\nThe on-call pager code "
               "is zebra-kumquat; page through the escalation console.\n");
