@@ -76,11 +76,69 @@ struct PolicyConfig {
   int conversation_burst = 20;
 };
 
+// An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp server, Ollama).
 struct LlmConfig {
   bool enabled = false;  // false (or [llm] absent) = the embedded extractive responder
-  std::string base_url;
-  Secret api_key;
-  std::string model;
+  std::string base_url;  // including /v1, e.g. "https://api.openai.com/v1"; http(s)
+  Secret api_key;        // "${OPENAI_API_KEY}"; may be empty for servers without auth
+  std::string model;     // required when enabled
+  std::string system_prompt;  // persona and rules; empty = the built-in prompt
+  double temperature = 0.2;   // -1 = not sent (server default)
+  int max_tokens = 800;       // 0 = not sent
+  bool stream = true;         // stream tokens to the user as they arrive
+  int connect_timeout_ms = 5'000;
+  int first_token_timeout_ms = 30'000;  // request sent -> first byte of the answer
+  int idle_timeout_ms = 30'000;         // longest silence between stream chunks
+  int total_timeout_ms = 120'000;       // the whole call
+  int max_retries = 2;        // 429 / 5xx / connection errors, before the first token only
+  int breaker_failures = 5;   // consecutive failed calls that open the circuit breaker
+  int breaker_cooldown_ms = 30'000;  // open circuit: calls fail at once for this long
+  std::vector<std::pair<std::string, std::string>> headers;  // extra request headers
+  // Prompt budget (tokens, estimated at ~4 characters per token): memory turns and sources are
+  // trimmed to fit, oldest turns first, then the weakest sources.
+  int context_tokens = 6'000;
+  int max_sources = 5;  // passages offered as numbered sources
+  // Conversations longer than this many turns keep a rolling summary of the older turns.
+  int summary_after_turns = 12;
+  // An answer that cites no source: "allow" it, "flag" it with a note, or "replace" it with the
+  // extractive answer.
+  std::string unsupported = "flag";
+  int max_tool_rounds = 4;      // model -> tools -> model rounds per turn
+  int turn_timeout_ms = 90'000; // the whole turn, tool rounds included
+};
+
+// A tool that calls an HTTP endpoint, declared in config as [[tools.http]].
+struct HttpToolConfig {
+  std::string name;         // ^[a-zA-Z0-9_-]{1,64}$, unique among tools
+  std::string description;  // what the model reads to decide when to call it
+  std::string parameters;   // JSON Schema of the arguments, as a JSON string
+  std::string method = "GET";
+  // URL template: {name} is replaced by the argument, percent-escaped (a path/query component);
+  // {+name} unescaped (must already be a URL-safe string). Arguments not in the template go to
+  // the query string for GET/DELETE.
+  std::string url;
+  std::vector<std::pair<std::string, std::string>> headers;  // values may use ${ENV}
+  // Request body template: JSON text in which a string value that is exactly "{name}" is
+  // replaced by the argument's JSON value. Empty = the arguments object itself for POST/PUT/
+  // PATCH, no body otherwise.
+  std::string body;
+  int timeout_ms = 5'000;
+  int64_t max_response_bytes = 64 * 1024;
+  std::string keep;  // JSON pointer into the response given to the model; empty = all of it
+  bool confirm = false;  // run only after the user confirms in the conversation
+  // Conversations ("platform:channel" globs, e.g. "slack:C0123*") where the tool may run;
+  // empty = everywhere.
+  std::vector<std::string> allow_channels;
+  std::vector<std::string> allow_users;  // user ids ("platform:user" globs); empty = everyone
+  std::vector<std::string> redact;  // argument names whose values are "***" in the audit log
+};
+
+struct ToolsConfig {
+  bool search_knowledge = true;   // the built-in retriever tool
+  bool escalate_to_human = true;  // the built-in hand-off tool
+  std::vector<HttpToolConfig> http;
+  int confirm_timeout_ms = 10 * 60 * 1000;  // a pending confirmation expires after this
+  int audit_retention_days = 90;
 };
 
 struct WebhookConfig {
@@ -160,6 +218,7 @@ struct Config {
   EngineConfig engine;
   PolicyConfig policy;
   LlmConfig llm;
+  ToolsConfig tools;
   WebhookConfig webhook;
   ConsoleConfig console;
   SlackConfig slack;

@@ -49,6 +49,12 @@ class ReplySink {
   // Delivers the message (asynchronously); done reports the final outcome. A message that is
   // accepted for durable delivery reports OK once queued durably.
   virtual void Send(OutboundMessage message, DeliveryCallback done) = 0;
+  // The reply being written, so far (streaming): `partial.text` is the whole text up to now, not
+  // a delta, with the same id, conversation and reply_route as the final message that Send will
+  // get. Best effort and never durable: an adapter may drop, throttle or ignore updates; the
+  // final Send always carries the complete reply. Called in order for one reply, from any
+  // thread. Default: ignored.
+  virtual void SendPartial(const OutboundMessage& partial) { (void)partial; }
 };
 
 // One platform connection. Thread-safety: start/stop from the composition root; send from any

@@ -11,9 +11,14 @@
 //   v1/route/<conv>                         the conversation's latest reply route (webhook reply_url)
 //   v1/feedback/<message_id>/<platform>/<user>  feedback on an answer (JSON)
 //   v1/slack/thread/<channel>/<thread_ts>   unix ms: the bot answered in this Slack thread
+//   v1/sum/<conv>                           rolling summary of the conversation's older turns (JSON)
+//   v1/confirm/<conv>                       a tool call waiting for the user's confirmation (JSON)
+//   v1/audit/<ts_ms:016>/<turn>/<call_id>   one tool call's audit record (JSON), in time order
 // <conv> is ConversationKey::Encode() (three escaped parts joined by '/'), and every other variable
 // part is escaped with EscapeKeyPart, so a prefix ending in '/' never matches a longer sibling.
 
+#include <cstdint>
+#include <cstdio>
 #include <string>
 
 #include "core/message.h"
@@ -29,6 +34,9 @@ inline constexpr char kOutbox[] = "v1/outbox/";
 inline constexpr char kRoute[] = "v1/route/";
 inline constexpr char kFeedback[] = "v1/feedback/";
 inline constexpr char kSlackThread[] = "v1/slack/thread/";
+inline constexpr char kSummary[] = "v1/sum/";
+inline constexpr char kConfirm[] = "v1/confirm/";
+inline constexpr char kAudit[] = "v1/audit/";
 
 inline std::string MemoryPrefix(const ConversationKey& conv) {
   return kMemory + conv.Encode() + "/";
@@ -54,6 +62,15 @@ inline std::string Feedback(const std::string& message_id, const std::string& pl
 }
 inline std::string SlackThread(const std::string& channel, const std::string& thread_ts) {
   return kSlackThread + EscapeKeyPart(channel) + "/" + EscapeKeyPart(thread_ts);
+}
+
+inline std::string Summary(const ConversationKey& conv) { return kSummary + conv.Encode(); }
+inline std::string Confirm(const ConversationKey& conv) { return kConfirm + conv.Encode(); }
+// ts_ms is zero-padded to 16 digits so keys sort in time order.
+inline std::string Audit(int64_t ts_ms, const std::string& turn_id, const std::string& call_id) {
+  char ts[24];
+  std::snprintf(ts, sizeof ts, "%016lld", static_cast<long long>(ts_ms));
+  return kAudit + std::string(ts) + "/" + EscapeKeyPart(turn_id) + "/" + EscapeKeyPart(call_id);
 }
 
 }  // namespace parley::store::keys

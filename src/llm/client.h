@@ -1,0 +1,65 @@
+#pragma once
+// The LLM client: OpenAI-compatible chat completions over the daemon's shared asynchronous HTTP
+// client (net::HttpClient), streaming or not, with retries before the first token, timeouts
+// (connect, first token, idle between chunks, total) and a circuit breaker.
+// Thread-safety: Complete is thread-safe; callbacks run on io threads, on_delta calls for one
+// request in order and never concurrently, on_done exactly once after the last on_delta.
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+
+#include "core/metrics.h"
+#include "core/secret.h"
+#include "core/status.h"
+#include "llm/chat.h"
+#include "net/http.h"
+
+namespace parley::llm {
+
+struct LlmOptions {
+  std::string base_url;  // e.g. "https://api.openai.com/v1"; "/chat/completions" is appended
+  Secret api_key;        // empty: no Authorization header
+  std::string model;
+  double temperature = -1;  // < 0: not sent
+  int max_tokens = 0;       // 0: not sent
+  std::vector<std::pair<std::string, std::string>> headers;  // extra request headers
+  int connect_timeout_ms = 5'000;
+  int first_token_timeout_ms = 30'000;  // until the response headers and first data arrive
+  int idle_timeout_ms = 30'000;         // longest gap between chunks of a streamed answer
+  int total_timeout_ms = 120'000;
+  int max_retries = 2;  // for 408/409/429/5xx/transport errors, only before any on_delta call
+  int retry_base_ms = 500;   // backoff: base * 2^n, capped at retry_max_ms, minus up to 25 %
+  int retry_max_ms = 8'000;  // Retry-After / retry-after-ms longer than this: not retried
+  int breaker_failures = 5;  // consecutive failed calls that open the breaker
+  int breaker_cooldown_ms = 30'000;
+};
+
+using DeltaCallback = std::function<void(std::string_view text)>;
+using DoneCallback = std::function<void(Result<ChatResult>)>;
+
+// Errors reported to on_done: Unavailable (transport, 5xx after retries, circuit open: message
+// "circuit open"), ResourceExhausted (429 after retries), DeadlineExceeded (a timeout),
+// PermissionDenied (401/403), InvalidArgument (400, or a response that is not a completion),
+// Corruption (malformed or truncated stream: no [DONE] and no finish_reason).
+class LlmClient {
+ public:
+  virtual ~LlmClient() = default;
+  // Streams when request.stream is true (text pieces go to on_delta as they arrive), otherwise
+  // one request whose content is passed to on_delta once before on_done.
+  virtual void Complete(ChatRequest request, DeltaCallback on_delta, DoneCallback on_done) = 0;
+};
+
+// Metrics: parley_llm_requests_total{result}, parley_llm_retries_total,
+// parley_llm_first_token_seconds, parley_llm_seconds, parley_llm_tokens_total{kind=prompt|completion},
+// parley_llm_breaker_open (gauge 0/1).
+std::shared_ptr<LlmClient> MakeOpenAiClient(boost::asio::io_context& io,
+                                            std::shared_ptr<net::HttpClient> http,
+                                            LlmOptions options, MetricsRegistry& metrics);
+
+}  // namespace parley::llm
