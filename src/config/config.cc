@@ -1,6 +1,7 @@
 #include "config/config.h"
 
 #include <fcntl.h>
+#include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 #include <unistd.h>
 
@@ -355,6 +356,18 @@ class Parser {
     };
   }
 
+  // A string taken literally: no ${NAME} expansion (JSON Schemas hold '$' in patterns).
+  Handler LiteralStringField(std::string* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      const auto* s = n.as_string();
+      if (s == nullptr) {
+        Error(line, key, std::string("expected a string, got ") + TypeName(n.type()));
+        return;
+      }
+      *out = s->get();
+    };
+  }
+
   Handler StringField(std::string* out) {
     return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
       if (auto v = String(n, key, line)) *out = std::move(v->value);
@@ -622,6 +635,101 @@ class Parser {
     };
   }
 
+  // A table of HTTP header names to values ({ "X-Org" = "acme", "X-Key" = "${KEY}" }). Names
+  // are tokens; values may not hold CR/LF. Values are never quoted in errors (they may be secret).
+  Handler HeadersField(std::vector<std::pair<std::string, std::string>>* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      const toml::table* t = Table(n, key, line);
+      if (t == nullptr) return;
+      std::vector<std::pair<std::string, std::string>> headers;
+      for (auto&& [k, v] : *t) {
+        const std::string item_key = key + "." + KeyText(k.str());
+        const uint32_t item_line = LineOf(v) > 0 ? LineOf(v) : line;
+        const std::string name(k.str());
+        const bool token = !name.empty() && std::all_of(name.begin(), name.end(), [](char ch) {
+          return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_';
+        });
+        if (!token) {
+          Error(item_line, item_key, "not a valid header name");
+          continue;
+        }
+        auto value = String(v, item_key, item_line);
+        if (!value) continue;
+        if (value->value.find_first_of("\r\n") != std::string::npos) {
+          Error(item_line, item_key, "header values must not contain line breaks");
+          continue;
+        }
+        headers.emplace_back(name, std::move(value->value));
+      }
+      *out = std::move(headers);
+    };
+  }
+
+  void ReadHttpTools(const toml::node& node, const std::string& key, uint32_t line) {
+    ReadTableArray(node, key, line, [this](const toml::table& t, const std::string& item_key,
+                                           uint32_t item_line) {
+      HttpToolConfig tool;
+      ReadTable(t, item_key,
+                {
+                    {"name", StringField(&tool.name)},
+                    {"description", LiteralStringField(&tool.description)},
+                    {"parameters", LiteralStringField(&tool.parameters)},
+                    {"method", EnumField(&tool.method, {"GET", "POST", "PUT", "PATCH", "DELETE"})},
+                    {"url", UrlField(&tool.url)},
+                    {"headers", HeadersField(&tool.headers)},
+                    {"body", LiteralStringField(&tool.body)},
+                    {"timeout_ms", IntField(&tool.timeout_ms, 1, 600'000)},
+                    {"max_response_bytes", Int64Field(&tool.max_response_bytes, 1, 64 << 20)},
+                    {"keep", StringField(&tool.keep)},
+                    {"confirm", BoolField(&tool.confirm)},
+                    {"allow_channels", [this, &tool](const toml::node& n, const std::string& k,
+                                                     uint32_t l) {
+                       if (auto v = StringList(n, k, l, /*word=*/true)) tool.allow_channels = *v;
+                     }},
+                    {"allow_users", [this, &tool](const toml::node& n, const std::string& k,
+                                                  uint32_t l) {
+                       if (auto v = StringList(n, k, l, /*word=*/true)) tool.allow_users = *v;
+                     }},
+                    {"redact", [this, &tool](const toml::node& n, const std::string& k,
+                                             uint32_t l) {
+                       if (auto v = StringList(n, k, l, /*word=*/true)) tool.redact = *v;
+                     }},
+                });
+      for (const char* required : {"name", "description", "parameters", "url"}) {
+        const std::string k = item_key + "." + required;
+        if (!Given(k)) Error(item_line, k, "required");
+      }
+      const bool name_ok =
+          !tool.name.empty() && tool.name.size() <= 64 &&
+          std::all_of(tool.name.begin(), tool.name.end(), [](char ch) {
+            return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-';
+          });
+      if (Given(item_key + ".name") && !Bad(item_key + ".name") && !name_ok) {
+        Error(KeyLine(item_key + ".name"), item_key + ".name",
+              "must be 1 to 64 letters, digits, '_' or '-', got " + Quote(tool.name));
+      }
+      if (Given(item_key + ".parameters") && !Bad(item_key + ".parameters")) {
+        nlohmann::json schema = nlohmann::json::parse(tool.parameters, nullptr, false);
+        if (schema.is_discarded() || !schema.is_object()) {
+          Error(KeyLine(item_key + ".parameters"), item_key + ".parameters",
+                "must be a JSON Schema object, as a JSON string");
+        }
+      }
+      if (!tool.body.empty() && !Bad(item_key + ".body")) {
+        if (nlohmann::json::parse(tool.body, nullptr, false).is_discarded()) {
+          Error(KeyLine(item_key + ".body"), item_key + ".body", "must be JSON text");
+        }
+      }
+      for (const HttpToolConfig& other : config_.tools.http) {
+        if (!tool.name.empty() && other.name == tool.name) {
+          Error(KeyLine(item_key + ".name"), item_key + ".name",
+                "duplicate tool name " + Quote(tool.name));
+        }
+      }
+      config_.tools.http.push_back(std::move(tool));
+    });
+  }
+
   // ---- sections ----
 
   void ReadRoot(const toml::table& root) {
@@ -631,10 +739,6 @@ class Parser {
       const std::string_view name = k.str();
       if (name == "matrix") {
         ReadUnavailable(v, key, line, "this build has no Matrix adapter yet");
-        continue;
-      }
-      if (name == "tools") {
-        ReadUnavailable(v, key, line, "this build has no tools support yet");
         continue;
       }
       if (name == "escalation") {
@@ -707,19 +811,42 @@ class Parser {
       };
     }
     if (name == "llm") {
+      LlmConfig& l = c.llm;
       return {
-          {"enabled",
-           [this](const toml::node& n, const std::string& key, uint32_t line) {
-             auto v = Bool(n, key, line);
-             if (v && *v) {
-               Error(line, key, "the LLM responder is not available in this build yet");
-               return;
-             }
-             if (v) config_.llm.enabled = *v;
-           }},
-          {"base_url", UrlField(&c.llm.base_url)},
-          {"api_key", SecretField(&c.llm.api_key)},
-          {"model", StringField(&c.llm.model)},
+          {"enabled", BoolField(&l.enabled)},
+          {"base_url", UrlField(&l.base_url)},
+          {"api_key", SecretField(&l.api_key)},
+          {"model", StringField(&l.model)},
+          {"system_prompt", StringField(&l.system_prompt)},
+          {"temperature", NumberField(&l.temperature, -1, 2)},
+          {"max_tokens", IntField(&l.max_tokens, 0, 1'000'000)},
+          {"stream", BoolField(&l.stream)},
+          {"connect_timeout_ms", IntField(&l.connect_timeout_ms, 1, 600'000)},
+          {"first_token_timeout_ms", IntField(&l.first_token_timeout_ms, 1, 3'600'000)},
+          {"idle_timeout_ms", IntField(&l.idle_timeout_ms, 1, 3'600'000)},
+          {"total_timeout_ms", IntField(&l.total_timeout_ms, 1, 3'600'000)},
+          {"max_retries", IntField(&l.max_retries, 0, 10)},
+          {"breaker_failures", IntField(&l.breaker_failures, 1, 1000)},
+          {"breaker_cooldown_ms", IntField(&l.breaker_cooldown_ms, 1, 3'600'000)},
+          {"headers", HeadersField(&l.headers)},
+          {"context_tokens", IntField(&l.context_tokens, 256, 10'000'000)},
+          {"max_sources", IntField(&l.max_sources, 0, 50)},
+          {"summary_chars", IntField(&l.summary_chars, 0, 100'000)},
+          {"unsupported", EnumField(&l.unsupported, {"allow", "flag", "replace"})},
+          {"max_tool_rounds", IntField(&l.max_tool_rounds, 0, 20)},
+          {"turn_timeout_ms", IntField(&l.turn_timeout_ms, 1, 3'600'000)},
+      };
+    }
+    if (name == "tools") {
+      ToolsConfig& t = c.tools;
+      return {
+          {"enabled", BoolField(&t.enabled)},
+          {"search_knowledge", BoolField(&t.search_knowledge)},
+          {"escalate_to_human", BoolField(&t.escalate_to_human)},
+          {"confirm_timeout_ms", IntField(&t.confirm_timeout_ms, 1000, 7 * 86'400'000)},
+          {"audit_retention_days", IntField(&t.audit_retention_days, 0, 36500)},
+          {"http", [this](const toml::node& n, const std::string& key,
+                          uint32_t line) { ReadHttpTools(n, key, line); }},
       };
     }
     if (name == "webhook") {
@@ -921,6 +1048,41 @@ class Parser {
             "server.listen, or webhook.enabled = false");
     }
     CheckSlack();
+    CheckLlm();
+  }
+
+  void CheckLlm() {
+    const LlmConfig& l = config_.llm;
+    if (!l.enabled || Bad("llm.enabled")) return;
+    uint32_t section_line = KeyLine("llm.enabled");
+    if (section_line == 0) section_line = KeyLine("llm");
+    if (l.base_url.empty() && !Bad("llm.base_url")) {
+      Error(section_line, "llm.base_url",
+            "required when llm.enabled = true, e.g. \"https://api.openai.com/v1\" or "
+            "\"http://127.0.0.1:8000/v1\"");
+    }
+    if (l.model.empty() && !Bad("llm.model")) {
+      Error(Given("llm.model") ? KeyLine("llm.model") : section_line, "llm.model",
+            "required when llm.enabled = true");
+    }
+    if (!l.base_url.empty() && !Bad("llm.base_url") && l.base_url.back() == '/') {
+      Error(KeyLine("llm.base_url"), "llm.base_url",
+            "must not end in \"/\" (\"/chat/completions\" is appended), got " +
+                Quote(l.base_url));
+    }
+    if (!l.base_url.empty() && !Bad("llm.base_url") && StartsWith(l.base_url, "http://") &&
+        !l.api_key.empty()) {
+      const size_t start = 7;
+      const size_t end = l.base_url.find_first_of("/?#", start);
+      Result<std::pair<std::string, uint16_t>> hp =
+          SplitHostPort(l.base_url.substr(start, end - start));
+      const std::string host = hp.ok() ? hp->first : l.base_url.substr(start, end - start);
+      if (!IsLoopbackHost(host)) {
+        Error(KeyLine("llm.base_url"), "llm.base_url",
+              "an API key would travel in clear text: use https://, or a loopback host for a "
+              "local server");
+      }
+    }
   }
 
   void CheckSlack() {

@@ -98,8 +98,9 @@ struct LlmConfig {
   // trimmed to fit, oldest turns first, then the weakest sources.
   int context_tokens = 6'000;
   int max_sources = 5;  // passages offered as numbered sources
-  // Conversations longer than this many turns keep a rolling summary of the older turns.
-  int summary_after_turns = 12;
+  // Turns that fall out of the recent window (engine.memory_turns) are condensed into a rolling
+  // summary of the conversation, at most this many characters (0 = no summary).
+  int summary_chars = 1'500;
   // An answer that cites no source: "allow" it, "flag" it with a note, or "replace" it with the
   // extractive answer.
   std::string unsupported = "flag";
@@ -134,6 +135,7 @@ struct HttpToolConfig {
 };
 
 struct ToolsConfig {
+  bool enabled = true;            // offer tools to the LLM (nothing runs without [llm])
   bool search_knowledge = true;   // the built-in retriever tool
   bool escalate_to_human = true;  // the built-in hand-off tool
   std::vector<HttpToolConfig> http;

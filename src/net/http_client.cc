@@ -13,6 +13,10 @@
 // - Readiness is observed with async_wait; curl does the reading and writing itself.
 // - Completion callbacks are posted to the io_context (never run inside Request() and never on
 //   the strand while curl is on the stack).
+// - Streaming callbacks (on_headers/on_body) run on the strand inside curl's header/write
+//   callbacks, so they are serialized per transfer (and across transfers) and precede the posted
+//   completion. Aborts by the caller (false return, `cancel`) make curl fail the transfer; the
+//   idle timer is a per-transfer asio timer on the strand that removes the easy handle itself.
 
 #include <curl/curl.h>
 #include <fcntl.h>
@@ -67,6 +71,8 @@ std::string_view Trim(std::string_view s) {
   return s;
 }
 
+class CurlCore;
+
 // One request from Request() to its callback. Owned by the client's transfer table while the
 // easy handle is in the multi handle.
 struct Transfer {
@@ -79,6 +85,7 @@ struct Transfer {
   }
 
   CURL* easy = nullptr;
+  CurlCore* core = nullptr;  // the owner; set before the transfer is added
   curl_slist* header_list = nullptr;
   ClientRequest request;  // owns the URL and body curl points into
   ClientCallback callback;
@@ -86,6 +93,16 @@ struct Transfer {
   bool too_large = false;
   bool is_head = false;
   char error[CURL_ERROR_SIZE];
+
+  // Streaming state (strand only).
+  enum class Abort { kNone, kCancelled, kIdle };
+  Abort abort = Abort::kNone;
+  uint64_t id = 0;             // unique per client; guards late timer completions
+  int header_status = 0;       // status line of the response whose headers are being read
+  bool headers_reported = false;
+  size_t received = 0;         // body bytes so far (also when streamed to on_body)
+  std::chrono::steady_clock::time_point last_data;  // idle timer reference
+  std::unique_ptr<Timer> idle_timer;                // only with idle_timeout_ms > 0
 };
 
 // One descriptor curl asked us to watch.
@@ -138,6 +155,7 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
   // Any thread.
   void Submit(ClientRequest request, ClientCallback callback) {
     auto transfer = std::make_unique<Transfer>();
+    transfer->core = this;
     transfer->callback = std::move(callback);
     Status status = Configure(*transfer, std::move(request));
     if (!status.ok()) {
@@ -193,6 +211,11 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
     set(curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, static_cast<void*>(this)));
     if (!r.unix_socket_path.empty()) {
       set(curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, r.unix_socket_path.c_str()));
+    }
+    if (r.cancel != nullptr) {
+      set(curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &CurlCore::OnProgress));
+      set(curl_easy_setopt(e, CURLOPT_XFERINFODATA, static_cast<void*>(&t)));
+      set(curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L));
     }
 
     // Method and body. curl sends POSTFIELDS as the body for any method set by CUSTOMREQUEST.
@@ -256,6 +279,11 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
       return;
     }
     Transfer* raw = transfer.get();
+    raw->id = ++next_id_;
+    if (raw->request.cancel != nullptr && raw->request.cancel->load()) {
+      Deliver(std::move(transfer->callback), Status::Unavailable("cancelled"));
+      return;
+    }
     transfers_.emplace(raw, std::move(transfer));
     const CURLMcode code = curl_multi_add_handle(multi_, raw->easy);
     if (code != CURLM_OK) {
@@ -264,6 +292,45 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
       Deliver(std::move(owned->callback),
               Status::Internal(std::string("curl_multi_add_handle: ") + curl_multi_strerror(code)));
     }
+  }
+
+  // Strand. Starts (or re-arms) the idle timer of `t` to fire idle_timeout_ms after its last
+  // body byte.
+  void ArmIdleTimer(Transfer& t) {
+    if (tearing_down_) return;
+    if (t.idle_timer == nullptr) t.idle_timer = std::make_unique<Timer>(strand_);
+    const auto idle = std::chrono::milliseconds(t.request.idle_timeout_ms);
+    t.idle_timer->expires_at(t.last_data + idle);
+    t.idle_timer->async_wait([self = shared_from_this(), raw = &t, id = t.id](ErrorCode ec) {
+      if (ec) return;
+      try {
+        self->OnIdleTimer(raw, id);
+      } catch (...) {
+        // Allocation failure: the transfer ends at its overall timeout.
+      }
+    });
+  }
+
+  // Strand.
+  void OnIdleTimer(Transfer* raw, uint64_t id) {
+    if (tearing_down_ || multi_ == nullptr) return;
+    auto it = transfers_.find(raw);
+    if (it == transfers_.end() || it->second->id != id) return;  // finished meanwhile
+    Transfer& t = *it->second;
+    const auto idle = std::chrono::milliseconds(t.request.idle_timeout_ms);
+    if (std::chrono::steady_clock::now() < t.last_data + idle) {
+      ArmIdleTimer(t);  // data arrived since the timer was set
+      return;
+    }
+    // curl is not on the stack here: take the transfer out of the multi handle ourselves.
+    t.abort = Transfer::Abort::kIdle;
+    std::unique_ptr<Transfer> owned = std::move(it->second);
+    transfers_.erase(it);
+    curl_multi_remove_handle(multi_, owned->easy);
+    ClientCallback callback = std::move(owned->callback);
+    Result<ClientResponse> result = MakeResult(*owned, CURLE_OPERATION_TIMEDOUT);
+    owned.reset();
+    Deliver(std::move(callback), std::move(result));
   }
 
   // Strand.
@@ -353,6 +420,11 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
   }
 
   static Result<ClientResponse> MakeResult(Transfer& t, CURLcode code) {
+    if (t.abort == Transfer::Abort::kIdle) {
+      return Status::DeadlineExceeded("no data from " + t.request.url + " for " +
+                                      std::to_string(t.request.idle_timeout_ms) + " ms");
+    }
+    if (t.abort == Transfer::Abort::kCancelled) return Status::Unavailable("cancelled");
     if (code == CURLE_OK) {
       long status = 0;
       curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
@@ -523,19 +595,74 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
     return 0;
   }
 
+  static bool Cancelled(const Transfer& t) {
+    return t.request.cancel != nullptr && t.request.cancel->load(std::memory_order_acquire);
+  }
+
+  static int OnProgress(void* userp, curl_off_t /*dltotal*/, curl_off_t /*dlnow*/,
+                        curl_off_t /*ultotal*/, curl_off_t /*ulnow*/) {
+    auto* t = static_cast<Transfer*>(userp);
+    if (!Cancelled(*t)) return 0;
+    t->abort = Transfer::Abort::kCancelled;
+    return 1;  // CURLE_ABORTED_BY_CALLBACK
+  }
+
   static size_t OnBody(char* data, size_t size, size_t count, void* userp) {
     auto* t = static_cast<Transfer*>(userp);
     const size_t n = size * count;
-    if (t->response.body.size() + n > t->request.max_response_bytes) {
+    if (Cancelled(*t)) {
+      t->abort = Transfer::Abort::kCancelled;
+      return 0;
+    }
+    if (t->received + n > t->request.max_response_bytes) {
       t->too_large = true;
       return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
     }
+    t->received += n;
+    if (t->idle_timer != nullptr) t->last_data = std::chrono::steady_clock::now();
     try {
-      t->response.body.append(data, n);
+      if (t->request.on_body) {
+        if (!t->request.on_body(std::string_view(data, n))) {
+          t->abort = Transfer::Abort::kCancelled;
+          return 0;
+        }
+      } else {
+        t->response.body.append(data, n);
+      }
     } catch (...) {
+      t->abort = Transfer::Abort::kCancelled;
       return 0;
     }
     return n;
+  }
+
+  // The blank line after a response's headers. Returns false to abort.
+  bool OnHeadersComplete(Transfer& t) {
+    if (t.header_status >= 100 && t.header_status < 200) return true;  // interim response
+    if (t.headers_reported) return true;  // trailers
+    t.headers_reported = true;
+    if (t.request.idle_timeout_ms > 0 && !t.is_head) {
+      t.last_data = std::chrono::steady_clock::now();
+      ArmIdleTimer(t);
+    }
+    if (!t.request.on_headers) return true;
+    if (Cancelled(t) || !t.request.on_headers(t.header_status, t.response.headers)) {
+      t.abort = Transfer::Abort::kCancelled;
+      return false;
+    }
+    return true;
+  }
+
+  // Parses the status code of a status line ("HTTP/1.1 200 OK", "HTTP/2 200"); 0 if malformed.
+  static int ParseStatusLine(std::string_view line) {
+    const size_t space = line.find(' ');
+    if (space == std::string_view::npos) return 0;
+    line.remove_prefix(space + 1);
+    int status = 0;
+    auto [end, err] = std::from_chars(line.data(), line.data() + std::min<size_t>(3, line.size()),
+                                      status);
+    (void)end;
+    return err == std::errc() ? status : 0;
   }
 
   static size_t OnHeaderLine(char* data, size_t size, size_t count, void* userp) {
@@ -546,7 +673,11 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
       if (line.substr(0, 5) == "HTTP/") {
         // A new response (after 1xx, or a redirect we do not follow): keep only the last one's.
         t->response.headers.clear();
+        t->header_status = ParseStatusLine(line);
         return n;
+      }
+      if (line == "\r\n" || line == "\n") {
+        return t->core->OnHeadersComplete(*t) ? n : 0;
       }
       Headers& headers = t->response.headers;
       if (!line.empty() && (line.front() == ' ' || line.front() == '\t')) {
@@ -570,7 +701,7 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
             t->too_large = true;
             return 0;  // fail before reading the body
           }
-          t->response.body.reserve(static_cast<size_t>(length));
+          if (!t->request.on_body) t->response.body.reserve(static_cast<size_t>(length));
         }
       }
       headers.emplace_back(std::string(name), std::string(value));
@@ -587,6 +718,7 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
   // Strand only:
   std::unordered_map<curl_socket_t, std::shared_ptr<Watch>> watches_;
   std::unordered_map<Transfer*, std::unique_ptr<Transfer>> transfers_;
+  uint64_t next_id_ = 0;
   bool shut_down_ = false;     // no more transfers are accepted
   bool tearing_down_ = false;  // no new waits or sockets; the multi handle is going away
 };

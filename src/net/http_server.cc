@@ -25,10 +25,14 @@
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <deque>
 #include <exception>
 #include <mutex>
 #include <optional>
@@ -39,6 +43,118 @@
 #include "net/http.h"
 
 namespace parley::net {
+
+// What a ResponseStream shares between its writer and the connection that sends it.
+struct ResponseStream::State {
+  explicit State(size_t max_queued) : max_queued_bytes(max_queued) {}
+
+  const size_t max_queued_bytes;
+  std::mutex mu;  // guards everything below
+  std::deque<std::string> queue;
+  size_t queued_bytes = 0;
+  bool ended = false;     // End() called
+  bool closed = false;    // no more writes accepted
+  bool finished = false;  // the outcome is known; on_close callbacks have run or are running
+  Status outcome;
+  std::vector<std::function<void(Status)>> on_close;
+  // Set by the connection once the head is written: schedules a write of what is queued on the
+  // connection's strand. Called without `mu` held.
+  std::function<void()> wake;
+};
+
+namespace internal {
+
+// The connection's side of a ResponseStream.
+class StreamAccess {
+ public:
+  static std::shared_ptr<ResponseStream::State> StateOf(const ResponseStream& stream) {
+    return stream.state_;
+  }
+  // Records the outcome and runs the close callbacks, once. Any thread; never under `mu`.
+  static void Finish(ResponseStream::State& state, Status outcome) {
+    std::vector<std::function<void(Status)>> callbacks;
+    {
+      std::lock_guard<std::mutex> lock(state.mu);
+      if (state.finished) return;
+      state.finished = true;
+      state.closed = true;
+      state.outcome = outcome;
+      state.queue.clear();
+      state.queued_bytes = 0;
+      state.wake = nullptr;
+      callbacks.swap(state.on_close);
+    }
+    for (auto& callback : callbacks) {
+      try {
+        if (callback) callback(outcome);
+      } catch (...) {
+        // A callback must not throw through the io loop; its failure is its own.
+      }
+    }
+  }
+};
+
+}  // namespace internal
+
+std::shared_ptr<ResponseStream> ResponseStream::Create(size_t max_queued_bytes) {
+  return std::make_shared<ResponseStream>(std::make_shared<State>(max_queued_bytes));
+}
+
+bool ResponseStream::Write(std::string data) {
+  std::function<void()> wake;
+  bool overflow = false;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->closed) return false;
+    if (data.empty()) return true;
+    if (state_->queued_bytes + data.size() > state_->max_queued_bytes) {
+      overflow = true;
+    } else {
+      state_->queued_bytes += data.size();
+      state_->queue.push_back(std::move(data));
+    }
+    wake = state_->wake;
+  }
+  if (overflow) {
+    // The connection notices the outcome on its next wake-up and closes.
+    internal::StreamAccess::Finish(
+        *state_, Status::ResourceExhausted("response stream queue over " +
+                                           std::to_string(state_->max_queued_bytes) + " bytes"));
+  }
+  if (wake) wake();
+  return !overflow;
+}
+
+void ResponseStream::End() {
+  std::function<void()> wake;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->closed) return;
+    state_->ended = true;
+    state_->closed = true;
+    wake = state_->wake;
+  }
+  if (wake) wake();
+}
+
+bool ResponseStream::closed() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->closed;
+}
+
+void ResponseStream::OnClose(std::function<void(Status)> callback) {
+  Status outcome;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->finished) {
+      state_->on_close.push_back(std::move(callback));
+      return;
+    }
+    outcome = state_->outcome;
+  }
+  if (callback) callback(outcome);
+}
+
 namespace {
 
 namespace asio = boost::asio;
@@ -368,17 +484,220 @@ class Connection final : public ConnectionBase {
   void WriteHandlerResponse(HttpResponse response) {
     if (state_ != State::kHandling) {  // connection already closed
       core_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+      if (response.stream) {
+        internal::StreamAccess::Finish(
+            *internal::StreamAccess::StateOf(*response.stream),
+            Status::Unavailable("the connection closed before the response started"));
+      }
       return;
     }
     counted_in_flight_ = true;
     try {
       const bool keep_alive = keep_alive_ && !core_->stopped.load();
+      if (response.stream) return StartStream(std::move(response), keep_alive);
       BuildResponse(std::move(response), keep_alive);
       Write(/*linger_after=*/false);
     } catch (...) {
-      core_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+      if (counted_in_flight_) core_->in_flight.fetch_sub(1, std::memory_order_relaxed);
       counted_in_flight_ = false;
       Close();
+    }
+  }
+
+  // ---- Streamed responses. Cycle: write head -> (write queued chunks)* -> terminating chunk ->
+  // keep-alive or close, with a read pending meanwhile that notices the client going away.
+
+  void StartStream(HttpResponse in, bool keep_alive) {
+    std::shared_ptr<ResponseStream::State> state =
+        internal::StreamAccess::StateOf(*in.stream);
+    in.stream.reset();
+    stream_chunked_ = version_ != 10;
+    stream_head_.emplace();
+    auto& head = *stream_head_;
+    head.version(version_ == 10 ? 10 : 11);
+    if (in.status < 100 || in.status > 999) in.status = 500;
+    head.result(static_cast<unsigned>(in.status));
+    head.set(http::field::server, "parley");
+    if (!in.content_type.empty() && !HasLineBreak(in.content_type)) {
+      head.set(http::field::content_type, in.content_type);
+    }
+    for (auto& [name, value] : in.headers) {
+      if (name.empty() || HasLineBreak(name) || name.find(':') != std::string::npos ||
+          HasLineBreak(value) || IsReservedHeader(name)) {
+        continue;
+      }
+      head.insert(name, value);
+    }
+    // Without chunking (HTTP/1.0) the end of the body is the end of the connection.
+    head.keep_alive(keep_alive && stream_chunked_);
+    if (stream_chunked_) head.chunked(true);
+    stream_keep_alive_ = head.keep_alive();
+    body_stream_ = std::move(state);
+    if (is_head_) {
+      // No body for HEAD: the stream is over as soon as the head is out.
+      internal::StreamAccess::Finish(*body_stream_, Status::Ok());
+    }
+    stream_serializer_.emplace(head);
+    state_ = State::kWriting;
+    ArmTimeout();
+    http::async_write_header(stream_, *stream_serializer_,
+                             [self = SharedThis()](ErrorCode ec, size_t) {
+                               self->OnStreamHead(ec);
+                             });
+  }
+
+  void OnStreamHead(ErrorCode ec) {
+    if (state_ == State::kClosed) return;
+    stream_serializer_.reset();
+    stream_head_.reset();
+    if (ec) return FailStream(ec);
+    if (is_head_) return FinishStreamedResponse();
+    {
+      std::weak_ptr<ConnectionBase> weak = weak_from_this();
+      Strand strand = strand_;
+      std::lock_guard<std::mutex> lock(body_stream_->mu);
+      if (!body_stream_->finished) {
+        body_stream_->wake = [weak, strand] {
+          try {
+            asio::post(strand, [weak] {
+              if (auto conn = weak.lock()) {
+                std::static_pointer_cast<Connection>(conn)->PumpStream();
+              }
+            });
+          } catch (...) {
+            // Allocation failure: the queued data goes out with the next wake-up.
+          }
+        };
+      }
+    }
+    WatchForHangup();
+    PumpStream();
+  }
+
+  // Writes what the stream has queued, if no write is under way. Strand only.
+  void PumpStream() {
+    if (state_ == State::kClosed || !body_stream_ || stream_writing_) return;
+    std::string out;
+    bool last = false;
+    bool dropped = false;
+    {
+      std::lock_guard<std::mutex> lock(body_stream_->mu);
+      if (body_stream_->finished) {
+        dropped = true;  // by the writer's side (queue overflow): the body cannot be completed
+      } else {
+        for (std::string& chunk : body_stream_->queue) {
+          if (stream_chunked_) {
+            char size_line[24];
+            std::snprintf(size_line, sizeof(size_line), "%zx\r\n", chunk.size());
+            out += size_line;
+            out += chunk;
+            out += "\r\n";
+          } else {
+            out += chunk;
+          }
+        }
+        body_stream_->queue.clear();
+        body_stream_->queued_bytes = 0;
+        if (body_stream_->ended) {
+          last = true;
+          if (stream_chunked_) out += "0\r\n\r\n";
+        }
+      }
+    }
+    if (dropped) {
+      EndStream(Status::Ok());  // outcome already recorded; this only releases the stream
+      return Close();
+    }
+    if (out.empty()) {
+      if (last) FinishStreamedResponse();
+      return;
+    }
+    stream_writing_ = true;
+    stream_out_ = std::move(out);
+    ArmTimeout();  // a write stalled longer than request_timeout_ms drops the client
+    asio::async_write(stream_, asio::buffer(stream_out_),
+                      [self = SharedThis(), last](ErrorCode ec, size_t) {
+                        self->stream_writing_ = false;
+                        self->stream_out_.clear();
+                        if (self->state_ == State::kClosed) return;
+                        if (ec) return self->FailStream(ec);
+                        if (last) return self->FinishStreamedResponse();
+                        self->PumpStream();
+                      });
+  }
+
+  // A read pending while the body streams: EOF or an error means the client went away. Bytes of
+  // a pipelined next request are kept in buffer_ (up to a bound) for after the response.
+  void WatchForHangup() {
+    if (state_ == State::kClosed || watching_ || !body_stream_) return;
+    const size_t limit = kHeaderLimitBytes + core_->options.max_body_bytes;
+    if (buffer_.size() >= limit) return;  // stop watching; writes still detect a dead peer
+    watching_ = true;
+    stream_.expires_never();  // applies to the read only: a write may be pending
+    stream_.async_read_some(
+        buffer_.prepare(std::min<size_t>(4096, limit - buffer_.size())),
+        [self = SharedThis()](ErrorCode ec, size_t n) {
+          self->watching_ = false;
+          self->buffer_.commit(n);
+          if (self->state_ == State::kClosed) return;
+          if (!self->body_stream_) {
+            // The response finished while this read was pending; carry on with the next one.
+            if (self->resume_after_watch_) {
+              self->resume_after_watch_ = false;
+              if (ec && ec != asio::error::operation_aborted) return self->Close();
+              try {
+                self->ReadHeader();
+              } catch (...) {
+                self->Close();
+              }
+            }
+            return;
+          }
+          if (ec == asio::error::operation_aborted && self->stream_writing_) {
+            return;  // a write timed out and closed the socket; the write reports it
+          }
+          if (ec) return self->FailStream(ec);
+          self->WatchForHangup();
+        });
+  }
+
+  // The terminating chunk is out (or there is no body): the request is complete.
+  void FinishStreamedResponse() {
+    EndStream(Status::Ok());
+    if (!stream_keep_alive_ || core_->stopped.load()) return Close();
+    if (watching_) {
+      // Cancel the hang-up watch; its handler then reads the next request.
+      resume_after_watch_ = true;
+      ErrorCode ignored;
+      stream_.socket().cancel(ignored);
+      return;
+    }
+    try {
+      ReadHeader();
+    } catch (...) {
+      Close();
+    }
+  }
+
+  void FailStream(ErrorCode ec) {
+    if (ec == beast::error::timeout) {
+      EndStream(Status::DeadlineExceeded("a response stream write timed out"));
+    } else {
+      EndStream(Status::Unavailable("the client went away: " + ec.message()));
+    }
+    Close();
+  }
+
+  // Releases the stream with its outcome (ignored if the outcome is already known) and counts
+  // the request out of in_flight. Strand only.
+  void EndStream(Status outcome) {
+    if (!body_stream_) return;
+    std::shared_ptr<ResponseStream::State> state = std::move(body_stream_);
+    body_stream_.reset();
+    internal::StreamAccess::Finish(*state, std::move(outcome));
+    if (counted_in_flight_) {
+      counted_in_flight_ = false;
+      core_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     }
   }
 
@@ -473,6 +792,7 @@ class Connection final : public ConnectionBase {
 
   void Close() {
     if (state_ == State::kClosed) return;
+    EndStream(Status::Unavailable("the connection closed"));
     state_ = State::kClosed;
     ErrorCode ec;
     stream_.socket().shutdown(Protocol::socket::shutdown_both, ec);
@@ -497,6 +817,16 @@ class Connection final : public ConnectionBase {
   bool counted_in_flight_ = false;  // the response being written came from the handler
   std::unique_ptr<char[]> linger_buffer_;
   size_t lingered_bytes_ = 0;
+  // Streamed response (strand only).
+  std::shared_ptr<ResponseStream::State> body_stream_;  // set while a body streams
+  std::optional<http::response<http::empty_body>> stream_head_;
+  std::optional<http::response_serializer<http::empty_body>> stream_serializer_;
+  std::string stream_out_;        // bytes being written
+  bool stream_chunked_ = true;    // false for HTTP/1.0: raw body, close at the end
+  bool stream_keep_alive_ = false;
+  bool stream_writing_ = false;
+  bool watching_ = false;         // hang-up watch read pending
+  bool resume_after_watch_ = false;
 };
 
 class ListenerBase {

@@ -376,8 +376,8 @@ TEST(ConfigTest, UnknownKeyWithLine) {
   EXPECT_EQ(
       ErrorOf("[[knowledge.sources]]\npath = \"d\"\npth = \"x\"\n[webhook]\nenabled = false\n"),
       "t.toml:3: knowledge.sources[0].pth: unknown key");
-  EXPECT_EQ(ErrorOf(kBase + "[llm]\nenabled = false\ntemperature = 0.2\n"),
-            "t.toml:7: llm.temperature: unknown key");
+  EXPECT_EQ(ErrorOf(kBase + "[llm]\nenabled = false\ntemprature = 0.2\n"),
+            "t.toml:7: llm.temprature: unknown key");
 }
 
 TEST(ConfigTest, UnknownSectionWithLine) {
@@ -609,26 +609,92 @@ TEST(ConfigTest, FutureSectionsOnlyDisabled) {
           "enabled = false\n");
   EXPECT_EQ(ErrorOf(kBase + "[matrix]\nenabled = false\nhomeserver = \"https://m.org\"\n"),
             "t.toml:7: matrix: this build has no Matrix adapter yet");
-  EXPECT_EQ(ErrorOf(kBase + "[tools]\nenabled = true\n"),
-            "t.toml:6: tools: this build has no tools support yet");
   EXPECT_EQ(ErrorOf(kBase + "[escalation]\nqueues = []\nenabled = true\n"),
             "t.toml:6: escalation: this build has no escalation desk yet");
   EXPECT_EQ(ErrorOf(kBase + "[tools]\nenabled = \"no\"\n"),
             "t.toml:6: tools.enabled: expected a boolean (true or false), got a string");
+  EXPECT_EQ(ErrorOf(kBase + "[tools]\nhttp = 3\n"),
+            "t.toml:6: tools.http: expected an array of tables ([[tools.http]]), got an integer");
   EXPECT_EQ(ErrorOf("slack = 1\n" + kBase), "t.toml:1: slack: expected a table, got an integer");
   EXPECT_EQ(ErrorOf("matrix = 1\n" + kBase), "t.toml:1: matrix: expected a table, got an integer");
 }
 
-TEST(ConfigTest, LlmOnlyDisabled) {
+TEST(ConfigTest, LlmEnabledNeedsUrlAndModel) {
   EXPECT_EQ(ErrorOf(kBase + "[llm]\nenabled = true\n"),
-            "t.toml:6: llm.enabled: the LLM responder is not available in this build yet");
+            "t.toml:6: llm.base_url: required when llm.enabled = true, e.g. "
+            "\"https://api.openai.com/v1\" or \"http://127.0.0.1:8000/v1\"\n"
+            "t.toml:6: llm.model: required when llm.enabled = true");
+  EXPECT_EQ(ErrorOf(kBase + "[llm]\nenabled = true\nbase_url = \"https://a.example/v1/\"\n"
+                            "model = \"m\"\n"),
+            "t.toml:7: llm.base_url: must not end in \"/\" (\"/chat/completions\" is appended), "
+            "got \"https://a.example/v1/\"");
+  EXPECT_EQ(ErrorOf(kBase + "[llm]\nenabled = true\nbase_url = \"http://llm.example/v1\"\n"
+                            "model = \"m\"\napi_key = \"${K}\"\n",
+                    {{"K", "sk-1"}}),
+            "t.toml:7: llm.base_url: an API key would travel in clear text: use https://, or a "
+            "loopback host for a local server");
+  EXPECT_EQ(ErrorOf(kBase + "[llm]\nunsupported = \"hide\"\n"),
+            "t.toml:6: llm.unsupported: expected one of allow, flag, replace; got \"hide\"");
+  EXPECT_EQ(ErrorOf(kBase + "[llm]\nheaders = { \"Bad Name\" = \"x\" }\n"),
+            "t.toml:6: llm.headers.\"Bad Name\": not a valid header name");
+}
+
+TEST(ConfigTest, LlmEnabled) {
   Config c = ParseOk(kBase +
-                         "[llm]\nenabled = false\nbase_url = \"https://api.example.org/v1\"\n"
-                         "api_key = \"${K}\"\nmodel = \"m\"\n",
-                     {{"K", "key"}});
-  EXPECT_FALSE(c.llm.enabled);
-  EXPECT_EQ(c.llm.base_url, "https://api.example.org/v1");
+                         "[llm]\nenabled = true\nbase_url = \"http://127.0.0.1:8000/v1\"\n"
+                         "api_key = \"${K}\"\nmodel = \"m\"\ntemperature = 0.5\nmax_tokens = 99\n"
+                         "stream = false\nfirst_token_timeout_ms = 1234\n"
+                         "headers = { \"X-Org\" = \"${ORG}\" }\ncontext_tokens = 3000\n"
+                         "unsupported = \"replace\"\nmax_tool_rounds = 2\n",
+                     {{"K", "key"}, {"ORG", "acme"}});
+  EXPECT_TRUE(c.llm.enabled);
+  EXPECT_EQ(c.llm.base_url, "http://127.0.0.1:8000/v1");
+  EXPECT_EQ(c.llm.api_key.reveal(), "key");
   EXPECT_EQ(c.llm.model, "m");
+  EXPECT_DOUBLE_EQ(c.llm.temperature, 0.5);
+  EXPECT_EQ(c.llm.max_tokens, 99);
+  EXPECT_FALSE(c.llm.stream);
+  EXPECT_EQ(c.llm.first_token_timeout_ms, 1234);
+  ASSERT_EQ(c.llm.headers.size(), 1u);
+  EXPECT_EQ(c.llm.headers[0].first, "X-Org");
+  EXPECT_EQ(c.llm.headers[0].second, "acme");
+  EXPECT_EQ(c.llm.context_tokens, 3000);
+  EXPECT_EQ(c.llm.unsupported, "replace");
+  EXPECT_EQ(c.llm.max_tool_rounds, 2);
+}
+
+TEST(ConfigTest, HttpTools) {
+  const std::string tool =
+      "[[tools.http]]\nname = \"weather\"\ndescription = \"Weather for a city\"\n"
+      "parameters = '{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}}}'\n"
+      "url = \"https://api.example.org/weather/{city}\"\n"
+      "headers = { Authorization = \"Bearer ${W}\" }\ntimeout_ms = 2000\nkeep = \"/current\"\n"
+      "confirm = true\nallow_channels = [\"slack:C0*\"]\nredact = [\"city\"]\n";
+  Config c = ParseOk(kBase + tool, {{"W", "wkey"}});
+  ASSERT_EQ(c.tools.http.size(), 1u);
+  const HttpToolConfig& t = c.tools.http[0];
+  EXPECT_EQ(t.name, "weather");
+  EXPECT_EQ(t.method, "GET");
+  EXPECT_EQ(t.url, "https://api.example.org/weather/{city}");
+  ASSERT_EQ(t.headers.size(), 1u);
+  EXPECT_EQ(t.headers[0].second, "Bearer wkey");
+  EXPECT_EQ(t.timeout_ms, 2000);
+  EXPECT_EQ(t.keep, "/current");
+  EXPECT_TRUE(t.confirm);
+  EXPECT_EQ(t.allow_channels, std::vector<std::string>{"slack:C0*"});
+  EXPECT_EQ(t.redact, std::vector<std::string>{"city"});
+
+  EXPECT_EQ(ErrorOf(kBase + "[[tools.http]]\nname = \"a b\"\n"),
+            "t.toml:5: tools.http[0].description: required\n"
+            "t.toml:5: tools.http[0].parameters: required\n"
+            "t.toml:5: tools.http[0].url: required\n"
+            "t.toml:6: tools.http[0].name: must be 1 to 64 letters, digits, '_' or '-', got "
+            "\"a b\"");
+  EXPECT_EQ(ErrorOf(kBase + tool + tool, {{"W", "wkey"}}),
+            "t.toml:17: tools.http[1].name: duplicate tool name \"weather\"");
+  EXPECT_EQ(ErrorOf(kBase + "[[tools.http]]\nname = \"x\"\ndescription = \"d\"\n"
+                            "parameters = \"[1]\"\nurl = \"https://a.example/\"\n"),
+            "t.toml:8: tools.http[0].parameters: must be a JSON Schema object, as a JSON string");
 }
 
 // ---- knowledge ----

@@ -121,6 +121,43 @@ const std::set<std::string> kAllKeys = {
     "llm.base_url",
     "llm.api_key",
     "llm.model",
+    "llm.system_prompt",
+    "llm.temperature",
+    "llm.max_tokens",
+    "llm.stream",
+    "llm.connect_timeout_ms",
+    "llm.first_token_timeout_ms",
+    "llm.idle_timeout_ms",
+    "llm.total_timeout_ms",
+    "llm.max_retries",
+    "llm.breaker_failures",
+    "llm.breaker_cooldown_ms",
+    "llm.headers",
+    "llm.context_tokens",
+    "llm.max_sources",
+    "llm.summary_chars",
+    "llm.unsupported",
+    "llm.max_tool_rounds",
+    "llm.turn_timeout_ms",
+    "tools.enabled",
+    "tools.search_knowledge",
+    "tools.escalate_to_human",
+    "tools.confirm_timeout_ms",
+    "tools.audit_retention_days",
+    "tools.http.name",
+    "tools.http.description",
+    "tools.http.parameters",
+    "tools.http.method",
+    "tools.http.url",
+    "tools.http.headers",
+    "tools.http.body",
+    "tools.http.timeout_ms",
+    "tools.http.max_response_bytes",
+    "tools.http.keep",
+    "tools.http.confirm",
+    "tools.http.allow_channels",
+    "tools.http.allow_users",
+    "tools.http.redact",
     "webhook.enabled",
     "webhook.secret",
     "webhook.insecure_no_auth",
@@ -155,7 +192,7 @@ const std::set<std::string> kAllKeys = {
 };
 
 // A key line, commented out or not: "key = value" with a TOML-looking value.
-const std::regex kKeyLine(R"(^(# )?([a-z_]+) = ("|\[|-?[0-9]|true\b|false\b).*$)");
+const std::regex kKeyLine(R"(^(# )?([a-z_]+) = ("|'|\[|\{|-?[0-9]|true\b|false\b).*$)");
 const std::regex kHeaderLine(R"(^(# )?\[\[?([a-z_.]+)\]\]?\s*$)");
 
 TEST(ShippedConfigTest, DocumentsEveryKey) {
@@ -229,6 +266,34 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.policy.conversation_burst, d.policy.conversation_burst);
   EXPECT_EQ(c.llm.enabled, d.llm.enabled);
   EXPECT_EQ(c.llm.model, d.llm.model);
+  EXPECT_EQ(c.llm.system_prompt, d.llm.system_prompt);
+  EXPECT_DOUBLE_EQ(c.llm.temperature, d.llm.temperature);
+  EXPECT_EQ(c.llm.max_tokens, d.llm.max_tokens);
+  EXPECT_EQ(c.llm.stream, d.llm.stream);
+  EXPECT_EQ(c.llm.connect_timeout_ms, d.llm.connect_timeout_ms);
+  EXPECT_EQ(c.llm.first_token_timeout_ms, d.llm.first_token_timeout_ms);
+  EXPECT_EQ(c.llm.idle_timeout_ms, d.llm.idle_timeout_ms);
+  EXPECT_EQ(c.llm.total_timeout_ms, d.llm.total_timeout_ms);
+  EXPECT_EQ(c.llm.max_retries, d.llm.max_retries);
+  EXPECT_EQ(c.llm.breaker_failures, d.llm.breaker_failures);
+  EXPECT_EQ(c.llm.breaker_cooldown_ms, d.llm.breaker_cooldown_ms);
+  EXPECT_EQ(c.llm.context_tokens, d.llm.context_tokens);
+  EXPECT_EQ(c.llm.max_sources, d.llm.max_sources);
+  EXPECT_EQ(c.llm.summary_chars, d.llm.summary_chars);
+  EXPECT_EQ(c.llm.unsupported, d.llm.unsupported);
+  EXPECT_EQ(c.llm.max_tool_rounds, d.llm.max_tool_rounds);
+  EXPECT_EQ(c.llm.turn_timeout_ms, d.llm.turn_timeout_ms);
+  EXPECT_EQ(c.tools.enabled, d.tools.enabled);
+  EXPECT_EQ(c.tools.search_knowledge, d.tools.search_knowledge);
+  EXPECT_EQ(c.tools.escalate_to_human, d.tools.escalate_to_human);
+  EXPECT_EQ(c.tools.confirm_timeout_ms, d.tools.confirm_timeout_ms);
+  EXPECT_EQ(c.tools.audit_retention_days, d.tools.audit_retention_days);
+  ASSERT_EQ(c.tools.http.size(), 1u);  // the documented example
+  const config::HttpToolConfig example;
+  EXPECT_EQ(c.tools.http[0].method, example.method);
+  EXPECT_EQ(c.tools.http[0].timeout_ms, example.timeout_ms);
+  EXPECT_EQ(c.tools.http[0].max_response_bytes, example.max_response_bytes);
+  EXPECT_EQ(c.tools.http[0].confirm, example.confirm);
   EXPECT_EQ(c.webhook.default_reply_url, d.webhook.default_reply_url);
   EXPECT_EQ(c.webhook.max_skew_seconds, d.webhook.max_skew_seconds);
   EXPECT_EQ(c.webhook.delivery_timeout_ms, d.webhook.delivery_timeout_ms);

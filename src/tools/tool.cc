@@ -1,1 +1,0 @@
-#include "tools/tool.h"
