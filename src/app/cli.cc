@@ -2,6 +2,7 @@
 // LevelDB admits one process: when a daemon holds the store, ask/chat/ingest go through its
 // local API (a Unix-domain socket in the store directory) and say so.
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -15,6 +16,7 @@
 #include "app/runtime.h"
 #include "net/http.h"
 #include "store/kv_store.h"
+#include "tools/audit.h"
 
 namespace parley::app {
 namespace {
@@ -222,6 +224,59 @@ int Say(const config::Config& config, const std::string& platform,
   return 0;
 }
 
+// "30m", "2h", "7d", "45s" -> milliseconds; -1 when malformed.
+int64_t ParseDurationMs(const std::string& text) {
+  if (text.size() < 2) return -1;
+  const char unit = text.back();
+  const std::string digits = text.substr(0, text.size() - 1);
+  if (digits.empty() || digits.size() > 9 ||
+      !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return -1;
+  }
+  const int64_t n = std::stoll(digits);
+  switch (unit) {
+    case 's': return n * 1000;
+    case 'm': return n * 60'000;
+    case 'h': return n * 3'600'000;
+    case 'd': return n * 86'400'000;
+    default: return -1;
+  }
+}
+
+int Audit(const config::Config& config, const tools::AuditQuery& query, bool as_json) {
+  std::vector<json> records;
+  bool daemon = false;
+  auto rt = OpenInProcess(config, daemon);
+  if (daemon) {
+    SayViaDaemon(config);
+    auto answer = CallDaemon(config, "/v1/local/audit",
+                             json{{"since_ms", query.since_ms},
+                                  {"conversation", query.conversation},
+                                  {"tool", query.tool},
+                                  {"limit", query.limit}},
+                             30'000);
+    if (!answer.ok()) {
+      std::fprintf(stderr, "parley: %s\n", answer.status().message().c_str());
+      return 1;
+    }
+    for (const json& r : answer->value("records", json::array())) records.push_back(r);
+  } else {
+    if (!rt) return 1;
+    auto listed = tools::ListAudit(*rt->kv, query);
+    if (!listed.ok()) {
+      std::fprintf(stderr, "parley: %s\n", listed.status().ToString().c_str());
+      return 1;
+    }
+    records = std::move(listed).value();
+  }
+  for (const json& r : records) {
+    std::cout << (as_json ? r.dump() : tools::FormatAuditLine(r)) << "\n";
+  }
+  std::cout.flush();
+  if (!as_json && records.empty()) std::fprintf(stderr, "parley: no tool calls recorded\n");
+  return 0;
+}
+
 int CheckConfig(const config::Config& config) {
   std::cout << "config OK: " << config.file << "\n"
             << "  listen " << config.server.listen << ", store " << config.store.path << ", "
@@ -247,6 +302,7 @@ constexpr char kUsage[] =
     "  ingest         (re)build the knowledge index and print what was indexed\n"
     "  check-config   validate the configuration and exit\n"
     "  say TEXT       have the running daemon write first in a conversation\n"
+    "  audit          list the tool calls the LLM made (newest first)\n"
     "  version        print the version\n"
     "\n"
     "Every command takes --config FILE (default: $PARLEY_CONFIG, else config/parley.toml)\n"
@@ -254,6 +310,13 @@ constexpr char kUsage[] =
 
 const std::map<std::string, std::string>& CommandHelp() {
   static const std::map<std::string, std::string> help = {
+      {"audit",
+       "usage: parley audit [--since DURATION] [--conversation PLATFORM:CHANNEL] [--tool NAME]\n"
+       "                    [--limit N] [--json] [--config FILE]\n\nLists the tool calls from "
+       "the audit log, newest first: time, outcome, tool, conversation,\nuser, duration and "
+       "arguments (redacted fields as \"***\"). DURATION is e.g. 30m, 2h, 7d.\n--json prints "
+       "one JSON record per line. When a daemon is running on the same store,\nthe list comes "
+       "through it.\n"},
       {"serve",
        "usage: parley serve [--config FILE]\n\nRuns the daemon: the adapters enabled in the "
        "config, the engine, /healthz, /readyz and /metrics.\nSIGTERM or SIGINT drains turns in "
@@ -311,6 +374,8 @@ int Main(int argc, char** argv) {
   std::string platform = "webhook", thread;
   bool conversation_given = false;
   bool as_json = false;
+  tools::AuditQuery audit_query;
+  audit_query.limit = 50;
   std::vector<std::string> positional;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -336,8 +401,28 @@ int Main(int argc, char** argv) {
         return UsageError("--conversation needs an id", command);
       }
       conversation_given = true;
-    } else if (a == "--json" && command == "ask") {
+    } else if (a == "--json" && (command == "ask" || command == "audit")) {
       as_json = true;
+    } else if (a == "--since" && command == "audit") {
+      std::string since;
+      const int64_t ms = value(since) ? ParseDurationMs(since) : -1;
+      if (ms < 0) return UsageError("--since needs a duration such as 30m, 2h or 7d", command);
+      audit_query.since_ms = SystemClock::Instance().NowMs() - ms;
+    } else if (a == "--tool" && command == "audit") {
+      if (!value(audit_query.tool) || audit_query.tool.empty()) {
+        return UsageError("--tool needs a name", command);
+      }
+    } else if (a == "--limit" && command == "audit") {
+      std::string limit;
+      if (!value(limit) || limit.empty() || limit.size() > 7 ||
+          !std::all_of(limit.begin(), limit.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        return UsageError("--limit needs a number", command);
+      }
+      audit_query.limit = static_cast<size_t>(std::stoul(limit));
+    } else if (a == "--conversation" && command == "audit") {
+      if (!value(audit_query.conversation) || audit_query.conversation.empty()) {
+        return UsageError("--conversation needs PLATFORM:CHANNEL", command);
+      }
     } else if (a.rfind("--", 0) == 0 && a.size() > 2) {
       return UsageError("unknown option " + a, command);
     } else {
@@ -375,6 +460,7 @@ int Main(int argc, char** argv) {
   if (command == "chat") return Chat(*config, conversation);
   if (command == "ingest") return IngestCommand(*config);
   if (command == "say") return Say(*config, platform, conversation, thread, positional[0]);
+  if (command == "audit") return Audit(*config, audit_query, as_json);
   return CheckConfig(*config);
 }
 

@@ -7,6 +7,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include "tools/builtin.h"
+#include "tools/http_tool.h"
+
 namespace parley::app {
 
 std::string DatabasePath(const config::Config& config) { return config.store.path + "/db"; }
@@ -79,7 +82,70 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   router_options.dedupe_ttl_ms = int64_t{config.store.dedupe_hours} * 3600 * 1000;
   rt->router = std::make_unique<engine::Router>(rt->io, *rt->engine, *rt->kv, *rt->committer,
                                                 rt->replies, clock, router_options, rt->metrics);
+  rt->http = net::MakeCurlHttpClient(rt->io);
+  if (config.llm.enabled) {
+    Status llm = rt->EnableLlm();
+    if (!llm.ok()) return llm;
+  }
   return rt;
+}
+
+Status Runtime::EnableLlm() {
+  const config::LlmConfig& c = config.llm;
+  llm::LlmOptions options;
+  options.base_url = c.base_url;
+  options.api_key = c.api_key;
+  options.model = c.model;
+  options.temperature = c.temperature;
+  options.max_tokens = c.max_tokens;
+  options.headers = c.headers;
+  options.connect_timeout_ms = c.connect_timeout_ms;
+  options.first_token_timeout_ms = c.first_token_timeout_ms;
+  options.idle_timeout_ms = c.idle_timeout_ms;
+  options.total_timeout_ms = c.total_timeout_ms;
+  options.max_retries = c.max_retries;
+  options.breaker_failures = c.breaker_failures;
+  options.breaker_cooldown_ms = c.breaker_cooldown_ms;
+  llm_client = llm::MakeOpenAiClient(io, http, options, metrics);
+
+  tool_registry = std::make_unique<tools::ToolRegistry>();
+  if (config.tools.enabled) {
+    auto add = [&](std::shared_ptr<tools::Tool> tool, tools::ToolRules rules) -> Status {
+      return tool_registry->Add(std::move(tool), std::move(rules));
+    };
+    if (config.tools.search_knowledge) {
+      Status s = add(tools::MakeSearchKnowledgeTool(io, *index, 5), tools::ToolRules{});
+      if (!s.ok()) return s;
+    }
+    if (config.tools.escalate_to_human) {
+      Status s = add(tools::MakeEscalateTool(io), tools::ToolRules{});
+      if (!s.ok()) return s;
+    }
+    for (const config::HttpToolConfig& spec : config.tools.http) {
+      auto tool = tools::MakeHttpTool(spec, http);
+      if (!tool.ok()) return tool.status();
+      tools::ToolRules rules;
+      rules.confirm = spec.confirm;
+      rules.allow_channels = spec.allow_channels;
+      rules.allow_users = spec.allow_users;
+      rules.redact = spec.redact;
+      rules.timeout_ms = spec.timeout_ms + 1000;  // the tool's own HTTP timeout fires first
+      Status s = add(std::move(tool).value(), std::move(rules));
+      if (!s.ok()) return s;
+    }
+  }
+  const Clock& clock = SystemClock::Instance();
+  tool_policy = std::make_unique<tools::ToolPolicy>(io, *tool_registry, *committer, clock, metrics);
+  engine::LlmDeps deps;
+  deps.io = &io;
+  deps.client = llm_client;
+  deps.registry = tool_registry.get();
+  deps.policy = tool_policy.get();
+  deps.kv = kv.get();
+  deps.llm = config.llm;
+  deps.tools = config.tools;
+  engine->EnableLlm(std::move(deps));
+  return Status::Ok();
 }
 
 Runtime::~Runtime() {

@@ -19,9 +19,13 @@
 #include "engine/engine.h"
 #include "engine/router.h"
 #include "knowledge/knowledge.h"
+#include "llm/client.h"
+#include "net/http.h"
 #include "store/committer.h"
 #include "store/kv_store.h"
 #include "store/memory.h"
+#include "tools/policy.h"
+#include "tools/registry.h"
 
 namespace parley::app {
 
@@ -76,17 +80,23 @@ class Runtime {
   MetricsRegistry metrics;
   boost::asio::io_context io;
   boost::asio::thread_pool work{1};  // long work off the io threads: ingest, sweeps
+  std::shared_ptr<net::HttpClient> http;  // the one HTTP client (libcurl multi on io)
   std::unique_ptr<store::KvStore> kv;
   std::unique_ptr<store::Committer> committer;
   std::unique_ptr<knowledge::KnowledgeIndex> index;
   std::unique_ptr<store::ConversationMemory> memory;
   std::unique_ptr<MemoryControl> control;
+  std::shared_ptr<llm::LlmClient> llm_client;          // with [llm] enabled
+  std::unique_ptr<tools::ToolRegistry> tool_registry;    // with [llm] enabled
+  std::unique_ptr<tools::ToolPolicy> tool_policy;
   std::unique_ptr<engine::Engine> engine;
   PlatformReplySink replies;
   std::unique_ptr<engine::Router> router;
 
  private:
   Runtime() = default;
+  // Builds the LLM client, the tools and their policy, and turns LLM answers on in the engine.
+  Status EnableLlm();
   std::vector<std::thread> threads_;
   std::unique_ptr<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard_;
 };

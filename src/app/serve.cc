@@ -23,6 +23,7 @@
 #include "app/runtime.h"
 #include "core/ids.h"
 #include "net/http.h"
+#include "tools/audit.h"
 #include "store/records.h"
 
 namespace parley::app {
@@ -47,8 +48,15 @@ void ScheduleSweep(Runtime& rt, std::shared_ptr<boost::asio::steady_timer> timer
       auto turns = rt.memory->SweepExpired();
       store::EventDedupe dedupe(*rt.kv, SystemClock::Instance(), 0);
       auto marks = dedupe.SweepExpired();
-      spdlog::info("sweep.done expired_turns={} expired_event_ids={}", turns.ok() ? *turns : 0,
-                   marks.ok() ? *marks : 0);
+      size_t audit = 0;
+      if (rt.config.tools.audit_retention_days > 0) {
+        const int64_t cutoff = SystemClock::Instance().NowMs() -
+                               int64_t{rt.config.tools.audit_retention_days} * 86'400'000;
+        auto swept = tools::SweepAudit(*rt.kv, cutoff);
+        audit = swept.ok() ? *swept : 0;
+      }
+      spdlog::info("sweep.done expired_turns={} expired_event_ids={} expired_audit_records={}",
+                   turns.ok() ? *turns : 0, marks.ok() ? *marks : 0, audit);
     });
     ScheduleSweep(rt, timer);
   });
@@ -86,7 +94,7 @@ int Serve(const config::Config& config) {
   std::atomic<bool> ready{false};
   std::atomic<bool> stopping{false};
 
-  auto http = net::MakeCurlHttpClient(rt.io);
+  const std::shared_ptr<net::HttpClient>& http = rt.http;
   std::shared_ptr<webhook::WebhookAdapter> hook;
   if (config.webhook.enabled) {
     hook = std::make_shared<webhook::WebhookAdapter>(rt.io, config.webhook, http, *rt.kv,
@@ -165,6 +173,19 @@ int Serve(const config::Config& config) {
     }
     if (!ready.load()) {
       return respond(JsonError(503, "unavailable", "starting: the knowledge index is loading"));
+    }
+    if (req.path == "/v1/local/audit") {
+      if (req.method != "POST") return respond(JsonError(405, "method_not_allowed", "use POST"));
+      json body = json::parse(req.body, nullptr, false);
+      if (!body.is_object()) return respond(JsonError(400, "invalid_json", "expected an object"));
+      tools::AuditQuery query;
+      query.since_ms = body.value("since_ms", int64_t{0});
+      query.conversation = body.value("conversation", "");
+      query.tool = body.value("tool", "");
+      query.limit = body.value("limit", size_t{100});
+      auto records = tools::ListAudit(*rt.kv, query);
+      if (!records.ok()) return respond(JsonError(500, "store_error", records.status().ToString()));
+      return respond(Json(200, {{"records", *records}}));
     }
     if (req.path == "/v1/local/say") {
       // The bot speaks first in a conversation (operators; later the escalation desk).

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/ids.h"
+#include "engine/llm_turn.h"
 
 namespace parley::engine {
 
@@ -42,7 +43,27 @@ Engine::Engine(knowledge::KnowledgeIndex& index, store::ConversationMemory& memo
                                               "stage=\"retrieval\"")),
       memory_seconds_(metrics.GetHistogram("parley_stage_seconds",
                                            "Latency of turn stages in seconds",
-                                           "stage=\"memory_load\"")) {}
+                                           "stage=\"memory_load\"")),
+      metrics_(metrics) {}
+
+void Engine::EnableLlm(LlmDeps deps) { llm_ = std::make_unique<LlmDeps>(std::move(deps)); }
+
+void Engine::Run(const InboundMessage& message, const std::string& turn_id,
+                 PartialCallback on_partial, TurnCallback done) {
+  if (llm_ == nullptr) {
+    done(RunTurn(message, turn_id));
+    return;
+  }
+  StartLlmTurn(*this, *llm_, message, turn_id, std::move(on_partial), std::move(done));
+}
+
+Answer Engine::Extractive(const std::string& question,
+                          const std::vector<knowledge::Passage>& passages) const {
+  ResponderOptions responder;
+  responder.min_confidence = options_.min_confidence;
+  responder.max_answer_sentences = static_cast<size_t>(options_.max_answer_sentences);
+  return ComposeExtractiveAnswer(question, passages, responder);
+}
 
 std::vector<std::string> Engine::AccessTagsFor(const ConversationKey& conversation) const {
   std::vector<std::string> tags;
@@ -104,10 +125,7 @@ TurnOutput Engine::RunTurn(const InboundMessage& message, const std::string& tur
     return out;
   }
 
-  ResponderOptions responder;
-  responder.min_confidence = options_.min_confidence;
-  responder.max_answer_sentences = static_cast<size_t>(options_.max_answer_sentences);
-  Answer answer = ComposeExtractiveAnswer(message.text, *passages, responder);
+  Answer answer = Extractive(message.text, *passages);
   reply.text = answer.text;
   reply.citations = answer.citations;
   reply.confidence = answer.confidence;

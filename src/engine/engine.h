@@ -1,13 +1,19 @@
 #pragma once
-// One conversation turn, without I/O of its own: load memory, build the retrieval query (earlier
-// questions of the conversation as context for follow-ups), retrieve with the conversation's
-// access tags, answer (embedded extractive responder), and return the reply plus the writes that
-// record the turn. The Router commits those writes and sends the reply.
-// Thread-safety: RunTurn is thread-safe; calls for one conversation must be serial (the Router
+// One conversation turn: load memory, build the retrieval query (earlier questions of the
+// conversation as context for follow-ups), retrieve with the conversation's access tags, answer,
+// and return the reply plus the writes that record the turn. The Router commits those writes and
+// sends the reply. Answers come from the embedded extractive responder, or, once EnableLlm was
+// called, from an LLM with tool rounds through the tools policy layer (engine/llm_turn.h), falling
+// back to the extractive answer when the LLM cannot answer.
+// Thread-safety: Run/RunTurn are thread-safe; turns of one conversation must be serial (the Router
 // guarantees it) so that memory stays in order.
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include <boost/asio/io_context.hpp>
 
 #include "config/config.h"
 #include "core/clock.h"
@@ -15,15 +21,38 @@
 #include "core/metrics.h"
 #include "engine/responder.h"
 #include "knowledge/knowledge.h"
+#include "llm/client.h"
 #include "store/kv_store.h"
 #include "store/memory.h"
+
+namespace parley::tools {
+class ToolRegistry;
+class ToolPolicy;
+}  // namespace parley::tools
 
 namespace parley::engine {
 
 struct TurnOutput {
   OutboundMessage reply;
-  store::WriteBatch writes;  // the question and the answer in memory
-  std::string outcome;       // "answered" | "no_answer" | "error"
+  store::WriteBatch writes;  // the question and the answer in memory (and turn state)
+  // "answered" | "no_answer" | "error" | "fallback" (the LLM failed; the extractive answer went
+  // out) | "confirm" (a tool call waits for the user's yes)
+  std::string outcome;
+};
+
+// The reply so far while an answer streams (see ReplySink::SendPartial).
+using PartialCallback = std::function<void(const OutboundMessage& partial)>;
+using TurnCallback = std::function<void(TurnOutput)>;
+
+// What LLM answers need. Every pointer must outlive the Engine.
+struct LlmDeps {
+  boost::asio::io_context* io = nullptr;
+  std::shared_ptr<llm::LlmClient> client;
+  const tools::ToolRegistry* registry = nullptr;  // null: no tools offered
+  tools::ToolPolicy* policy = nullptr;            // required with registry
+  store::KvStore* kv = nullptr;                   // summary and pending confirmations
+  config::LlmConfig llm;
+  config::ToolsConfig tools;
 };
 
 class Engine {
@@ -32,8 +61,18 @@ class Engine {
          const config::EngineConfig& options, std::vector<config::AccessGrant> grants,
          MetricsRegistry& metrics);
 
-  // Runs the turn for message. Never fails: an internal error yields an apology reply with
-  // outcome "error" and no memory writes.
+  // Answers with the LLM from now on. Call before the first turn.
+  void EnableLlm(LlmDeps deps);
+  bool llm_enabled() const { return llm_ != nullptr; }
+
+  // Runs the turn; done gets the result exactly once (inline for the extractive responder, on an
+  // io thread for the LLM). on_partial (may be empty) sees the answer grow while it streams, never
+  // after done. Never fails: an internal error yields an apology with outcome "error".
+  void Run(const InboundMessage& message, const std::string& turn_id, PartialCallback on_partial,
+           TurnCallback done);
+
+  // The extractive turn, synchronously. Never fails: an internal error yields an apology reply
+  // with outcome "error" and no memory writes.
   TurnOutput RunTurn(const InboundMessage& message, const std::string& turn_id);
 
   // The turn's writes were not committed: drop what memory caches of the conversation.
@@ -44,6 +83,17 @@ class Engine {
   // Access tags the conversation holds (from knowledge.grants).
   std::vector<std::string> AccessTagsFor(const ConversationKey& conversation) const;
 
+  // The extractive answer to message over passages (used by the LLM path as its fallback).
+  Answer Extractive(const std::string& question,
+                    const std::vector<knowledge::Passage>& passages) const;
+
+  knowledge::KnowledgeIndex& index() { return index_; }
+  store::ConversationMemory& memory() { return memory_; }
+  const Clock& clock() const { return clock_; }
+  const config::EngineConfig& options() const { return options_; }
+  Histogram& retrieval_seconds() { return retrieval_seconds_; }
+  MetricsRegistry& metrics() { return metrics_; }
+
  private:
   knowledge::KnowledgeIndex& index_;
   store::ConversationMemory& memory_;
@@ -52,6 +102,8 @@ class Engine {
   std::vector<config::AccessGrant> grants_;
   Histogram& retrieval_seconds_;
   Histogram& memory_seconds_;
+  MetricsRegistry& metrics_;
+  std::unique_ptr<LlmDeps> llm_;
 };
 
 // Glob match with '*' (any run of characters). Exposed for tests.

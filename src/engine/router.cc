@@ -146,8 +146,16 @@ void Router::DrainOne(std::string key) {
   const InboundMessage& message = job->message;
   spdlog::debug("turn.start turn={} conv={} user={} text=\"{}\"", turn_id,
                 message.conversation().Display(), message.user, message.text);
-  TurnOutput out = engine_.RunTurn(message, turn_id);
+  PartialCallback on_partial = [this](const OutboundMessage& partial) {
+    sink_.SendPartial(partial);
+  };
+  engine_.Run(message, turn_id, std::move(on_partial),
+              [this, key, job, turn_id](TurnOutput out) { Commit(key, job, turn_id, std::move(out)); });
+}
 
+void Router::Commit(const std::string& key, Job* job, const std::string& turn_id,
+                    TurnOutput out) {
+  const InboundMessage& message = job->message;
   store::WriteBatch batch = std::move(out.writes);
   if (out.outcome != "error") dedupe_.Record(batch, message.platform, message.event_id);
   if (job->durable) inbox_.Remove(batch, message);

@@ -61,6 +61,8 @@ class Router final : public InboundSink {
   };
   void Enqueue(Job job);
   void DrainOne(std::string key);
+  // Records the finished turn in one atomic write, then hands the reply to the sink.
+  void Commit(const std::string& key, Job* job, const std::string& turn_id, TurnOutput out);
   void Finish(const std::string& key);
   void TurnDone();
 

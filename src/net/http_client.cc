@@ -646,11 +646,14 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
       ArmIdleTimer(t);
     }
     if (!t.request.on_headers) return true;
-    if (Cancelled(t) || !t.request.on_headers(t.header_status, t.response.headers)) {
-      t.abort = Transfer::Abort::kCancelled;
-      return false;
+    bool go_on = false;
+    try {
+      go_on = !Cancelled(t) && t.request.on_headers(t.header_status, t.response.headers);
+    } catch (...) {
+      go_on = false;  // a throwing callback aborts like a false return
     }
-    return true;
+    if (!go_on) t.abort = Transfer::Abort::kCancelled;
+    return go_on;
   }
 
   // Parses the status code of a status line ("HTTP/1.1 200 OK", "HTTP/2 200"); 0 if malformed.

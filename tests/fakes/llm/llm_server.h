@@ -32,7 +32,7 @@
 namespace parley::testing {
 
 struct FakeToolCall {
-  std::string id;         // empty: the server makes one up ("call_" + 24 characters)
+  std::string id;  // empty: the server makes one up ("call_" + 24 characters)
   std::string name;
   std::string arguments;  // raw text sent as the arguments string; may be invalid JSON
 };
@@ -78,22 +78,25 @@ struct LlmReply {
   Kind kind = Kind::kText;
   std::string text;
   std::vector<FakeToolCall> tool_calls;
-  bool whole_tool_calls = false;  // Ollama style: every call whole (id, name, arguments) in one delta
-  std::string finish_reason;      // empty: "stop", or "tool_calls" when tool_calls is non-empty
-  int status = 200;               // kHttpError only
-  std::string error_body;         // kHttpError / kInBandError; empty = OpenAI-shaped default
-  int retry_after_s = -1;         // kHttpError: Retry-After header when >= 0
-  int delay_ms = 0;               // before the response headers (every kind)
-  int chunk_delay_ms = 0;         // between streamed events
-  size_t chunk_chars = 4;         // characters per content / arguments delta; 0 = all in one
+  // Ollama style: every call whole (index, id, name, full arguments) in one delta.
+  bool whole_tool_calls = false;
+  std::string finish_reason;  // empty: "stop", or "tool_calls" when tool_calls is non-empty
+  int status = 200;           // kHttpError only
+  std::string error_body;     // kHttpError / kInBandError; empty = OpenAI-shaped default
+  int retry_after_s = -1;     // kHttpError: Retry-After header when >= 0
+  std::string content_type;   // kHttpError; empty = "application/json" (or an HTML page)
+  int delay_ms = 0;           // before the response headers (every kind)
+  int chunk_delay_ms = 0;     // between streamed events
+  size_t chunk_chars = 4;     // characters per content / arguments delta; 0 = all in one
   // > 0: write the SSE byte stream (everything after the headers) in pieces of this many bytes,
   // each its own HTTP chunk and its own socket write, cutting events, lines, CRLFs and UTF-8
   // sequences anywhere. A delay (chunk_delay_ms, stall_ms) applies before the piece in which the
-  // delayed event starts. 0: one HTTP chunk per event.
+  // delayed event starts. 0: one HTTP chunk per event, and events with no delay before them share
+  // one socket write (so a client sees them in one read, as it would from a fast server).
   size_t split_bytes = 0;
-  bool crlf = false;           // end SSE lines with \r\n instead of \n
-  bool comment_pings = false;  // a ": ping" comment event between data events (llama.cpp)
-  size_t drop_after_chunks = 2;
+  bool crlf = false;             // end SSE lines with \r\n instead of \n
+  bool comment_pings = false;    // a ": ping" comment event between data events (llama.cpp)
+  size_t drop_after_chunks = 2;  // kDropMidStream, kMalformedChunk, kInBandError
   int stall_ms = 0;
   int64_t prompt_tokens = 0, completion_tokens = 0;  // usage to report; 0 = estimated from lengths
 };
