@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <future>
 #include <istream>
+#include <optional>
 #include <ostream>
 
 #include <nlohmann/json.hpp>
@@ -38,6 +39,54 @@ net::HttpResponse IntakeError(const IntakeResult& result) {
       return JsonError(503, "unavailable", result.status.message());
   }
 }
+
+// Prints one reply progressively: partials as they come (only the new text), then the rest of
+// the final reply. Terminal thread only.
+class ProgressivePrinter {
+ public:
+  explicit ProgressivePrinter(std::ostream& out) : out_(out) {}
+
+  void Partial(const OutboundMessage& partial) {
+    if (rewritten_) return;  // the final reply is printed in full
+    const std::string& text = partial.text;
+    if (!started_) {
+      if (text.empty()) return;
+      out_ << "\nparley> ";
+      started_ = true;
+    }
+    if (text.compare(0, printed_.size(), printed_) == 0 && text.size() >= printed_.size()) {
+      out_ << text.substr(printed_.size()) << std::flush;
+      printed_ = text;
+    } else {
+      // What is on the screen is no longer the reply: end that line, print the final in full.
+      out_ << "\n" << std::flush;
+      rewritten_ = true;
+    }
+  }
+
+  void Final(const OutboundMessage& reply) {
+    const std::string rendered = RenderForTerminal(reply);
+    if (!started_) {
+      out_ << "\nparley> " << rendered << "\n";
+    } else if (!rewritten_ && rendered.compare(0, printed_.size(), printed_) == 0) {
+      out_ << rendered.substr(printed_.size()) << "\n";
+    } else {
+      if (!rewritten_) out_ << "\n";
+      out_ << "parley> " << rendered << "\n";
+    }
+  }
+
+  void Failed(const std::string& error) {
+    if (started_ && !rewritten_) out_ << "\n";
+    out_ << (started_ ? "parley> (" : "\nparley> (") << error << ")\n";
+  }
+
+ private:
+  std::ostream& out_;
+  std::string printed_;     // reply text on the screen so far
+  bool started_ = false;    // "parley> " is printed
+  bool rewritten_ = false;  // a partial did not extend printed_
+};
 
 }  // namespace
 
@@ -86,8 +135,26 @@ void ConsoleAdapter::Send(OutboundMessage message, DeliveryCallback done) {
   if (done) done(Status::NotFound("nobody is waiting for this console reply"));
 }
 
+void ConsoleAdapter::SendPartial(const OutboundMessage& partial) {
+  if (partial.in_reply_to.empty()) return;
+  std::function<void(const OutboundMessage&)> waiter;
+  {
+    std::lock_guard<std::mutex> lock(partials_mu_);
+    auto it = partials_.find(partial.in_reply_to);
+    if (it == partials_.end()) return;
+    waiter = it->second;
+  }
+  waiter(partial);
+}
+
 bool ConsoleAdapter::Ask(const std::string& conversation, const std::string& text,
-                                OutboundMessage& reply, std::string& error) {
+                         OutboundMessage& reply, std::string& error) {
+  return Ask(conversation, text, nullptr, reply, error);
+}
+
+bool ConsoleAdapter::Ask(const std::string& conversation, const std::string& text,
+                         const PartialCallback& on_partial, OutboundMessage& reply,
+                         std::string& error) {
   InboundMessage m;
   m.platform = kPlatform;
   m.channel = conversation;
@@ -97,14 +164,36 @@ bool ConsoleAdapter::Ask(const std::string& conversation, const std::string& tex
   m.is_direct = true;
   m.event_id = NewId();
   m.timestamp_ms = SystemClock::Instance().NowMs();
-  auto answered = std::make_shared<std::promise<std::pair<bool, OutboundMessage>>>();
-  auto settled = std::make_shared<std::atomic<bool>>(false);
-  auto settle = [answered, settled](bool ok, OutboundMessage r) {
-    if (!settled->exchange(true)) answered->set_value({ok, std::move(r)});
+  // The answer, and the latest partial not yet shown, handed from the engine's threads to this
+  // one (which runs on_partial, so the caller's output stays on its own thread).
+  struct Waiting {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<OutboundMessage> partial;
+    std::optional<std::pair<bool, OutboundMessage>> answer;
   };
-  auto future = answered->get_future();
-  pending_.Park(m.event_id, [settle](const OutboundMessage& r) { settle(true, r); });
+  auto waiting = std::make_shared<Waiting>();
+  auto settle = [waiting](bool ok, OutboundMessage r) {
+    {
+      std::lock_guard<std::mutex> lock(waiting->mu);
+      if (waiting->answer) return;
+      waiting->answer.emplace(ok, std::move(r));
+    }
+    waiting->cv.notify_all();
+  };
   const std::string event_id = m.event_id;
+  if (on_partial) {
+    std::lock_guard<std::mutex> lock(partials_mu_);
+    partials_[event_id] = [waiting](const OutboundMessage& partial) {
+      {
+        std::lock_guard<std::mutex> lock(waiting->mu);
+        if (waiting->answer) return;
+        waiting->partial = partial;  // coalesce: only the latest whole text matters
+      }
+      waiting->cv.notify_all();
+    };
+  }
+  pending_.Park(m.event_id, [settle](const OutboundMessage& r) { settle(true, r); });
   sink_->OnInbound(std::move(m), IntakeOptions{false}, [this, settle, event_id](IntakeResult r) {
     if (r.status.ok()) return;
     std::function<void(const OutboundMessage&)> unused;
@@ -115,7 +204,24 @@ bool ConsoleAdapter::Ask(const std::string& conversation, const std::string& tex
                        : r.status.message();
     settle(false, failure);
   });
-  auto [ok, message] = future.get();
+  std::pair<bool, OutboundMessage> answer;
+  for (;;) {
+    std::unique_lock<std::mutex> lock(waiting->mu);
+    waiting->cv.wait(lock, [&] { return waiting->answer || waiting->partial; });
+    if (waiting->answer) {
+      answer = std::move(*waiting->answer);
+      break;
+    }
+    OutboundMessage partial = std::move(*waiting->partial);
+    waiting->partial.reset();
+    lock.unlock();
+    on_partial(partial);
+  }
+  if (on_partial) {
+    std::lock_guard<std::mutex> lock(partials_mu_);
+    partials_.erase(event_id);
+  }
+  auto& [ok, message] = answer;
   if (!ok) error = message.text;
   reply = std::move(message);
   return ok;
@@ -126,6 +232,11 @@ TerminalBackend ConsoleAdapter::Backend(const std::string& conversation) {
   backend.ask = [this, conversation](const std::string& text, OutboundMessage& reply,
                                      std::string& error) {
     return Ask(conversation, text, reply, error);
+  };
+  backend.ask_streaming = [this, conversation](const std::string& text,
+                                               const PartialCallback& on_partial,
+                                               OutboundMessage& reply, std::string& error) {
+    return Ask(conversation, text, on_partial, reply, error);
   };
   backend.forget = [this, conversation]() -> Result<size_t> {
     // The terminal waits for the answer; this runs on the terminal's own thread.
@@ -165,7 +276,16 @@ void RunTerminal(std::istream& in, std::ostream& out, const TerminalBackend& bac
     }
     OutboundMessage reply;
     std::string error;
-    if (backend.ask(line, reply, error)) {
+    if (backend.ask_streaming) {
+      ProgressivePrinter printer(out);
+      if (backend.ask_streaming(
+              line, [&printer](const OutboundMessage& partial) { printer.Partial(partial); }, reply,
+              error)) {
+        printer.Final(reply);
+      } else {
+        printer.Failed(error);
+      }
+    } else if (backend.ask(line, reply, error)) {
       out << "\nparley> " << RenderForTerminal(reply) << "\n";
     } else {
       out << "\nparley> (" << error << ")\n";

@@ -6,6 +6,13 @@
 //   timestamp + "." + raw body)>. Without reply_url the answer is the response (200); with it the
 //   response is 202 {"id"} and the answer is POSTed to reply_url, signed the same way, retried with
 //   backoff, and kept in the outbox until delivered (it survives restarts).
+//   Streaming (synchronous mode only): with ?stream=1 (or stream=true) in the query, or
+//   "Accept: text/event-stream", the answer is a 200 text/event-stream response: "delta" events
+//   {"id","text": new text since the last event}, a "replace" event {"id","text": whole text}
+//   when the text was rewritten, then one "message" event carrying the reply JSON of the
+//   non-streaming response, and the end of the stream. Errors found before the turn starts
+//   (auth, JSON, fields, duplicate, rate limit) are the usual JSON error responses. With
+//   reply_url the stream flag is ignored.
 //   POST /v1/forget {"conversation","thread"?} or {"user"}: deletes memory (signed too).
 // Outbound without a request (the bot speaks first): POSTed to the conversation's latest
 //   reply_url, else to webhook.default_reply_url.
@@ -51,15 +58,24 @@ class WebhookAdapter final : public ChannelAdapter,
   Status ResumeDeliveries();
   // Begins accepting requests.
   Status Start(InboundSink& sink) override;
+  // Stops intake. Streamed answers still open (their turn was not answered by now) end with an
+  // "error" event, or a 503 if their head was not sent yet.
   void Stop(std::function<void()> done) override;
   bool DeliversDurably(const OutboundMessage& message) const override;
   void Send(OutboundMessage message, DeliveryCallback done) override;
+  // Streams the partial reply to a synchronous request that asked for streaming; ignored
+  // otherwise (no stream, callback delivery, or the request is gone).
+  void SendPartial(const OutboundMessage& partial) override;
 
   // Serves the adapter's paths; returns false (and leaves the responder untouched) for others.
   bool Handle(const net::HttpRequest& request, net::Responder& respond);
 
  private:
+  class SseReply;  // one streamed answer; defined in the .cc
+
   void HandleMessage(const net::HttpRequest& request, net::Responder respond);
+  // Removes and returns the stream waiting for event_id; null when none.
+  std::shared_ptr<SseReply> TakeStream(const std::string& event_id);
   void HandleForget(const net::HttpRequest& request, net::Responder respond);
   // Empty when authentic; else the error response to send.
   std::optional<net::HttpResponse> Authenticate(const net::HttpRequest& request) const;
@@ -80,6 +96,9 @@ class WebhookAdapter final : public ChannelAdapter,
   InboundSink* sink_ = nullptr;
   std::atomic<bool> stopping_{false};
   adapters::PendingReplies<net::Responder> pending_;
+  std::mutex streams_mu_;  // guards streams_
+  // Synchronous requests that asked for streaming, by event id; also parked in pending_.
+  std::unordered_map<std::string, std::shared_ptr<SseReply>> streams_;
   Counter& delivered_;
   Counter& delivery_failures_;
   Counter& bad_requests_;

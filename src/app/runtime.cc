@@ -32,6 +32,10 @@ bool PlatformReplySink::DeliversDurably(const OutboundMessage& message) const {
   return adapter != nullptr && adapter->DeliversDurably(message);
 }
 
+void PlatformReplySink::SendPartial(const OutboundMessage& partial) {
+  if (ChannelAdapter* adapter = Find(partial.conversation.platform)) adapter->SendPartial(partial);
+}
+
 void PlatformReplySink::Send(OutboundMessage message, DeliveryCallback done) {
   ChannelAdapter* adapter = Find(message.conversation.platform);
   if (adapter == nullptr) {

@@ -40,6 +40,7 @@ class PlatformReplySink final : public ReplySink {
   void Register(ChannelAdapter& adapter);
   bool DeliversDurably(const OutboundMessage& message) const override;
   void Send(OutboundMessage message, DeliveryCallback done) override;
+  void SendPartial(const OutboundMessage& partial) override;
 
  private:
   ChannelAdapter* Find(const std::string& platform) const;

@@ -22,10 +22,10 @@
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/string.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
-#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
@@ -508,8 +508,7 @@ class Connection final : public ConnectionBase {
   // keep-alive or close, with a read pending meanwhile that notices the client going away.
 
   void StartStream(HttpResponse in, bool keep_alive) {
-    std::shared_ptr<ResponseStream::State> state =
-        internal::StreamAccess::StateOf(*in.stream);
+    std::shared_ptr<ResponseStream::State> state = internal::StreamAccess::StateOf(*in.stream);
     in.stream.reset();
     stream_chunked_ = version_ != 10;
     stream_head_.emplace();
@@ -540,10 +539,9 @@ class Connection final : public ConnectionBase {
     stream_serializer_.emplace(head);
     state_ = State::kWriting;
     ArmTimeout();
-    http::async_write_header(stream_, *stream_serializer_,
-                             [self = SharedThis()](ErrorCode ec, size_t) {
-                               self->OnStreamHead(ec);
-                             });
+    http::async_write_header(
+        stream_, *stream_serializer_,
+        [self = SharedThis()](ErrorCode ec, size_t) { self->OnStreamHead(ec); });
   }
 
   void OnStreamHead(ErrorCode ec) {
@@ -821,11 +819,11 @@ class Connection final : public ConnectionBase {
   std::shared_ptr<ResponseStream::State> body_stream_;  // set while a body streams
   std::optional<http::response<http::empty_body>> stream_head_;
   std::optional<http::response_serializer<http::empty_body>> stream_serializer_;
-  std::string stream_out_;        // bytes being written
-  bool stream_chunked_ = true;    // false for HTTP/1.0: raw body, close at the end
+  std::string stream_out_;      // bytes being written
+  bool stream_chunked_ = true;  // false for HTTP/1.0: raw body, close at the end
   bool stream_keep_alive_ = false;
   bool stream_writing_ = false;
-  bool watching_ = false;         // hang-up watch read pending
+  bool watching_ = false;  // hang-up watch read pending
   bool resume_after_watch_ = false;
 };
 

@@ -1,12 +1,12 @@
 #include "tools/audit.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
 #include <limits>
-
-#include <spdlog/spdlog.h>
 
 #include "store/keys.h"
 
@@ -65,8 +65,7 @@ std::string IsoTime(int64_t ts_ms) {
 }  // namespace
 
 Result<std::vector<Json>> ListAudit(store::KvStore& store, const AuditQuery& query) {
-  const int64_t until =
-      query.until_ms > 0 ? query.until_ms : std::numeric_limits<int64_t>::max();
+  const int64_t until = query.until_ms > 0 ? query.until_ms : std::numeric_limits<int64_t>::max();
   const size_t limit = query.limit;
   std::vector<Json> out;
   if (limit == 0) return out;
@@ -124,9 +123,8 @@ Result<size_t> SweepAudit(store::KvStore& store, int64_t older_than_ms) {
 std::string FormatAuditLine(const Json& record) {
   if (!record.is_object()) return "-";
   auto ts = record.find("ts_ms");
-  std::string line = (ts != record.end() && ts->is_number_integer())
-                         ? IsoTime(ts->get<int64_t>())
-                         : std::string("-");
+  std::string line = (ts != record.end() && ts->is_number_integer()) ? IsoTime(ts->get<int64_t>())
+                                                                     : std::string("-");
   line += " " + Field(record, "outcome");
   line += " " + Field(record, "tool");
   line += " conv=" + Field(record, "conversation");

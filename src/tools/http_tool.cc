@@ -2,16 +2,17 @@
 
 #include <cctype>
 #include <exception>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "core/percent.h"
 #include "tools/registry.h"
 #include "tools/schema.h"
+#include "tools/text_util.h"
 
 namespace parley::tools {
 
@@ -28,14 +29,6 @@ struct UrlPart {
 
 std::string Dump(const Json& value) {
   return value.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-
-// At most `max` bytes of s, cut at a UTF-8 character boundary.
-std::string Truncated(const std::string& s, size_t max) {
-  if (s.size() <= max) return s;
-  size_t cut = max;
-  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
-  return s.substr(0, cut);
 }
 
 bool IEquals(std::string_view a, std::string_view b) {
@@ -68,7 +61,8 @@ Result<std::vector<UrlPart>> ParseTemplate(const std::string& url) {
       name.erase(0, 1);
     }
     if (name.empty() || name.find('{') != std::string::npos) {
-      return Status::InvalidArgument("url: malformed placeholder {" + url.substr(i + 1, close - i - 1) + "}");
+      return Status::InvalidArgument("url: malformed placeholder {" +
+                                     url.substr(i + 1, close - i - 1) + "}");
     }
     if (!literal.empty()) parts.push_back({std::move(literal), false, false});
     literal.clear();
@@ -134,7 +128,8 @@ Json FillBody(const Json& tmpl, const Json& arguments) {
   }
   if (tmpl.is_object()) {
     Json out = Json::object();
-    for (auto it = tmpl.begin(); it != tmpl.end(); ++it) out[it.key()] = FillBody(it.value(), arguments);
+    for (auto it = tmpl.begin(); it != tmpl.end(); ++it)
+      out[it.key()] = FillBody(it.value(), arguments);
     return out;
   }
   if (tmpl.is_array()) {
@@ -180,9 +175,8 @@ class HttpTool final : public Tool, public std::enable_shared_from_this<HttpTool
       const std::string value = ArgumentText(arguments, part.text);
       if (part.raw) {
         if (!SafeRawValue(value)) {
-          done(ToolResult{false,
-                          "argument " + part.text + " has characters not allowed in this URL",
-                          false});
+          done(ToolResult{
+              false, "argument " + part.text + " has characters not allowed in this URL", false});
           return;
         }
         request.url += value;
@@ -235,20 +229,25 @@ class HttpTool final : public Tool, public std::enable_shared_from_this<HttpTool
       if (status.code() == Status::Code::kDeadlineExceeded) {
         return {false, "request timed out", false};
       }
-      return {false, "request failed: " + Truncated(status.message(), 200), false};
+      return {false, "request failed: " + internal::TruncateUtf8(status.message(), 200), false};
     }
-    const net::ClientResponse& r = *response;
+    const net::ClientResponse& r = response.value();
     if (r.status < 200 || r.status > 299) {
-      return {false, "HTTP " + std::to_string(r.status) + ": " + Truncated(r.body, 200), false};
+      return {false,
+              "HTTP " + std::to_string(r.status) + ": " + internal::TruncateUtf8(r.body, 200),
+              false};
     }
     if (r.body.size() > max) return {false, "response too large", false};
     if (!keep_) return {true, r.body, false};
     Json parsed = Json::parse(r.body, nullptr, /*allow_exceptions=*/false);
     if (parsed.is_discarded()) return {false, "response is not JSON", false};
-    if (!parsed.contains(*keep_)) {
-      return {false, "response has no " + config_.keep, false};
+    try {
+      if (parsed.contains(*keep_))
+        return {true, internal::TruncateUtf8(Dump(parsed.at(*keep_)), max), false};
+    } catch (const std::exception&) {
+      // An array index that is not a number, etc.: the pointer does not resolve.
     }
-    return {true, Truncated(Dump(parsed.at(*keep_)), max), false};
+    return {false, "response has no " + config_.keep, false};
   }
 
   const config::HttpToolConfig config_;
@@ -281,7 +280,8 @@ Result<std::shared_ptr<Tool>> MakeHttpTool(const config::HttpToolConfig& config,
   if (!compiled.ok()) return fail("parameters: " + compiled.status().message());
 
   config::HttpToolConfig normalized = config;
-  for (char& c : normalized.method) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (char& c : normalized.method)
+    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   const std::string& method = normalized.method;
   if (method != "GET" && method != "POST" && method != "PUT" && method != "PATCH" &&
       method != "DELETE") {
@@ -334,10 +334,9 @@ Result<std::shared_ptr<Tool>> MakeHttpTool(const config::HttpToolConfig& config,
   if (config.timeout_ms <= 0) return fail("timeout_ms must be positive");
   if (config.max_response_bytes <= 0) return fail("max_response_bytes must be positive");
 
-  return std::shared_ptr<Tool>(std::make_shared<HttpTool>(std::move(normalized),
-                                                         std::move(parameters),
-                                                         std::move(parts).value(), std::move(body),
-                                                         std::move(keep), std::move(http)));
+  return std::shared_ptr<Tool>(std::make_shared<HttpTool>(
+      std::move(normalized), std::move(parameters), std::move(parts).value(), std::move(body),
+      std::move(keep), std::move(http)));
 }
 
 }  // namespace parley::tools

@@ -1,17 +1,18 @@
 #include "tools/policy.h"
 
+#include <spdlog/spdlog.h>
+
 #include <atomic>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <chrono>
 #include <exception>
 #include <memory>
 #include <utility>
 
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-#include <spdlog/spdlog.h>
-
 #include "store/keys.h"
+#include "tools/text_util.h"
 
 namespace parley::tools {
 
@@ -59,14 +60,6 @@ Json RedactArguments(const Json& arguments, const std::vector<std::string>& name
 
 namespace {
 
-// At most `max` bytes of s, cut at a UTF-8 character boundary.
-std::string Truncated(const std::string& s, size_t max) {
-  if (s.size() <= max) return s;
-  size_t cut = max;
-  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
-  return s.substr(0, cut);
-}
-
 bool IsBlank(const std::string& s) {
   for (char c : s) {
     if (c != ' ' && c != '\t' && c != '\n' && c != '\r') return false;
@@ -84,14 +77,14 @@ struct ToolPolicy::Pending {
   asio::steady_timer timer;
   std::atomic<bool> finished{false};  // set once, on the strand (or in Call before running)
 
-  std::string tool;        // the name as the model wrote it (truncated for unknown tools)
+  std::string tool;  // the name as the model wrote it (truncated for unknown tools)
   bool known = false;
   std::string call_id;
   ToolContext context;
   bool confirmed = false;
-  int64_t start_ms = 0;    // wall clock, for the audit key
-  int64_t start_nanos = 0; // monotonic, for the duration
-  Json arguments;          // parsed; null when not JSON
+  int64_t start_ms = 0;     // wall clock, for the audit key
+  int64_t start_nanos = 0;  // monotonic, for the duration
+  Json arguments;           // parsed; null when not JSON
   bool arguments_valid_json = false;
   std::vector<std::string> redact;
   std::function<void(CallResult)> done;
@@ -131,7 +124,7 @@ void ToolPolicy::Call(const llm::ToolCall& call, const ToolContext& context, boo
 
   const RegisteredTool* entry = registry_.Find(call.name);
   if (entry == nullptr) {
-    pending->tool = Truncated(call.name, 64);
+    pending->tool = internal::SanitizeUtf8(internal::TruncateUtf8(call.name, 64));
     refuse(CallOutcome::kUnknownTool, "unknown tool " + pending->tool);
     return;
   }
@@ -156,7 +149,7 @@ void ToolPolicy::Call(const llm::ToolCall& call, const ToolContext& context, boo
   if (!errors.empty()) {
     std::string message = "invalid arguments: ";
     for (size_t i = 0; i < errors.size(); ++i) message += (i ? "; " : "") + errors[i];
-    refuse(CallOutcome::kInvalidArguments, Truncated(message, 500));
+    refuse(CallOutcome::kInvalidArguments, internal::TruncateUtf8(message, 500));
     return;
   }
   if (entry->rules.confirm && !confirmed) {
@@ -171,8 +164,8 @@ void ToolPolicy::Call(const llm::ToolCall& call, const ToolContext& context, boo
     if (ec || pending->finished.exchange(true)) return;
     CallResult result;
     result.outcome = CallOutcome::kTimedOut;
-    result.content = "tool " + pending->tool + " timed out after " +
-                     std::to_string(timeout_ms) + " ms";
+    result.content =
+        "tool " + pending->tool + " timed out after " + std::to_string(timeout_ms) + " ms";
     std::string error = result.content;
     Finish(pending, std::move(result), std::move(error));
   });
@@ -186,8 +179,11 @@ void ToolPolicy::Call(const llm::ToolCall& call, const ToolContext& context, boo
       CallResult result;
       result.outcome = tool_result.ok ? CallOutcome::kOk : CallOutcome::kToolError;
       result.escalate = tool_result.escalate;
-      std::string error = tool_result.ok ? "" : Truncated(tool_result.content, 200);
-      result.content = std::move(tool_result.content);
+      std::string error =
+          tool_result.ok ? ""
+                         : internal::TruncateUtf8(internal::SanitizeUtf8(tool_result.content), 200);
+      // Whatever the tool produced, the model gets valid UTF-8 (it goes into a JSON request).
+      result.content = internal::SanitizeUtf8(tool_result.content);
       Finish(pending, std::move(result), std::move(error));
     });
   };

@@ -7,12 +7,11 @@
 // outlive every call until its `done` ran (at most the tool's timeout_ms after Call plus
 // scheduling); a tool's late answer after a timeout touches only the call's own shared state.
 
+#include <boost/asio/io_context.hpp>
 #include <cstdint>
 #include <functional>
-#include <string>
-
-#include <boost/asio/io_context.hpp>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "core/clock.h"
 #include "core/metrics.h"
@@ -50,8 +49,8 @@ struct CallResult {
 
 class ToolPolicy {
  public:
-  ToolPolicy(boost::asio::io_context& io, const ToolRegistry& registry,
-             store::Committer& committer, const Clock& clock, MetricsRegistry& metrics);
+  ToolPolicy(boost::asio::io_context& io, const ToolRegistry& registry, store::Committer& committer,
+             const Clock& clock, MetricsRegistry& metrics);
   ToolPolicy(const ToolPolicy&) = delete;
   ToolPolicy& operator=(const ToolPolicy&) = delete;
 

@@ -2,7 +2,6 @@
 
 #include <exception>
 #include <utility>
-
 #include <valijson/adapters/nlohmann_json_adapter.hpp>
 #include <valijson/schema.hpp>
 #include <valijson/schema_parser.hpp>
@@ -24,13 +23,34 @@ bool StartsWith(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 
-// The text between the first pair of single quotes in `s`, or empty.
+// The text between the last pair of single quotes in `s` (valijson puts the property name
+// last), or empty.
 std::string Quoted(const std::string& s) {
-  const size_t open = s.find('\'');
+  const size_t close = s.rfind('\'');
+  if (close == std::string::npos || close == 0) return "";
+  const size_t open = s.rfind('\'', close - 1);
   if (open == std::string::npos) return "";
-  const size_t close = s.find('\'', open + 1);
-  if (close == std::string::npos) return "";
   return s.substr(open + 1, close - open - 1);
+}
+
+// valijson prints limits with std::to_string ("1.000000"): drop the trailing zeros.
+std::string TrimNumbers(const std::string& s) {
+  std::string out;
+  size_t i = 0;
+  while (i < s.size()) {
+    const bool digit_before = !out.empty() && out.back() >= '0' && out.back() <= '9';
+    if (s[i] == '.' && digit_before && i + 1 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '9') {
+      size_t end = i + 1;
+      while (end < s.size() && s[end] >= '0' && s[end] <= '9') ++end;
+      std::string fraction = s.substr(i + 1, end - i - 1);
+      while (!fraction.empty() && fraction.back() == '0') fraction.pop_back();
+      if (!fraction.empty()) out += "." + fraction;
+      i = end;
+      continue;
+    }
+    out += s[i++];
+  }
+  return out;
 }
 
 // One JSON Pointer reference token (RFC 6901 escaping).
@@ -63,7 +83,8 @@ std::string ContextPointer(const std::vector<std::string>& context) {
 }
 
 std::string Lowered(std::string s) {
-  if (!s.empty() && s.front() >= 'A' && s.front() <= 'Z') s.front() = static_cast<char>(s.front() - 'A' + 'a');
+  if (!s.empty() && s.front() >= 'A' && s.front() <= 'Z')
+    s.front() = static_cast<char>(s.front() - 'A' + 'a');
   while (!s.empty() && s.back() == '.') s.pop_back();
   return s;
 }
@@ -87,8 +108,9 @@ std::string ShortError(const valijson::ValidationResults::Error& error) {
   }
   const std::string where = path.empty() ? "/" : path;
   if (StartsWith(d, "Value type not permitted")) return where + ": wrong type";
-  if (StartsWith(d, "Failed to match against any enum values")) return where + ": not one of the allowed values";
-  return where + ": " + Lowered(d);
+  if (StartsWith(d, "Failed to match against any enum values"))
+    return where + ": not one of the allowed values";
+  return where + ": " + TrimNumbers(Lowered(d));
 }
 
 }  // namespace

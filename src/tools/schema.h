@@ -4,10 +4,9 @@
 // Thread-safety: Validate is thread-safe (the compiled schema is read-only after Compile).
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/status.h"
 

@@ -1,6 +1,7 @@
 // End-to-end with an LLM: the real `parley` binary, its webhook adapter, and the
 // OpenAI-compatible test server in this process; an HTTP tool's endpoint is a local receiver.
 
+#include <algorithm>
 #include <ctime>
 #include <map>
 #include <sstream>
@@ -112,6 +113,40 @@ TEST_F(LlmE2eTest, AnswersFromTheModelWithCitationsMappedToSources) {
   }
   EXPECT_TRUE(auth);
   EXPECT_EQ(daemon_->Log().find(kLlmKey), std::string::npos);
+}
+
+TEST_F(LlmE2eTest, WebhookStreamsTheAnswerAsServerSentEvents) {
+  StartDaemon();
+  LlmReply slow = Text("Install the frobnicator with apt, then run it once as root [1].");
+  slow.chunk_chars = 3;
+  slow.chunk_delay_ms = 40;
+  llm_.Push(slow);
+  json message = {{"conversation", "c-sse"}, {"user", "u1"}, {"text", "install frobnicator?"}};
+  auto r = daemon_->Post("/v1/messages?stream=1", message.dump(),
+                         {{"Content-Type", "application/json"}}, 30'000);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->status, 200);
+  // Parse the event stream: "event: NAME\ndata: JSON\n\n" blocks.
+  std::string deltas;
+  std::vector<std::string> names;
+  json final_message;
+  std::istringstream in(r->body);
+  std::string event;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("event: ", 0) == 0) event = line.substr(7);
+    if (line.rfind("data: ", 0) != 0) continue;
+    json data = json::parse(line.substr(6));
+    names.push_back(event);
+    if (event == "delta") deltas += data["text"].get<std::string>();
+    if (event == "message") final_message = data;
+  }
+  ASSERT_FALSE(names.empty()) << r->body;
+  EXPECT_EQ(names.back(), "message") << r->body;
+  EXPECT_GE(std::count(names.begin(), names.end(), "delta"), 2) << r->body;
+  EXPECT_EQ(final_message["text"],
+            "Install the frobnicator with apt, then run it once as root [1].");
+  EXPECT_FALSE(deltas.empty());
+  EXPECT_EQ(final_message["text"].get<std::string>().rfind(deltas, 0), 0u) << deltas;
 }
 
 TEST_F(LlmE2eTest, HttpToolIsCalledValidatedAndAudited) {

@@ -153,8 +153,8 @@ ParsedStream ReadChunkedResponse(RawClient& client) {
 // the test; other paths get a plain "ok".
 class StreamServer {
  public:
-  explicit StreamServer(HttpServerOptions options = {}, size_t max_queued_bytes =
-                                                            ResponseStream::kDefaultMaxQueuedBytes)
+  explicit StreamServer(HttpServerOptions options = {},
+                        size_t max_queued_bytes = ResponseStream::kDefaultMaxQueuedBytes)
       : io_(2),
         server_(io_.io, options, [this, max_queued_bytes](HttpRequest req, Responder respond) {
           if (req.path != "/stream") {
@@ -258,10 +258,13 @@ TEST(HttpStreamServerTest, ClientDisconnectIsDetectedWithoutWriting) {
   EXPECT_EQ(s.server().InFlight(), 1u);  // a streaming response counts as in flight
   client.Close();
   // Nothing is written after the hang-up: the server's watch read notices it by itself.
-  ASSERT_TRUE(WaitFor([&] { return stream->closed(); }));
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return outcome.has_value();
+  }));
+  EXPECT_TRUE(stream->closed());
   {
     std::lock_guard<std::mutex> lock(mu);
-    ASSERT_TRUE(outcome.has_value());
     EXPECT_EQ(outcome->code(), Status::Code::kUnavailable) << outcome->ToString();
   }
   EXPECT_FALSE(stream->Write("nobody listens"));
@@ -312,7 +315,9 @@ TEST(HttpStreamServerTest, StalledWriteTimesOut) {
   const std::string piece(64 * 1024, 'y');
   for (int i = 0; i < 200 && stream->Write(piece); ++i) {
   }
-  ASSERT_TRUE(WaitFor([&] { return stream->closed(); }));
+  // closed() turns true just before the callbacks run: wait for the outcome itself.
+  ASSERT_TRUE(WaitFor([&] { return code.load() != -1; }));
+  EXPECT_TRUE(stream->closed());
   EXPECT_EQ(code.load(), static_cast<int>(Status::Code::kDeadlineExceeded));
 }
 
@@ -343,8 +348,8 @@ TEST(HttpStreamServerTest, ManyConcurrentStreams) {
   for (int i = 0; i < kClients; ++i) {
     clients.push_back(std::make_unique<RawClient>(s.port()));
     ASSERT_TRUE(clients.back()->connected());
-    ASSERT_TRUE(clients.back()->Send("GET /stream HTTP/1.1\r\nHost: x\r\nX-Client: " +
-                                     std::to_string(i) + "\r\n\r\n"));
+    ASSERT_TRUE(clients.back()->Send(
+        "GET /stream HTTP/1.1\r\nHost: x\r\nX-Client: " + std::to_string(i) + "\r\n\r\n"));
   }
   ASSERT_TRUE(WaitFor([&] { return s.stream_count() == kClients; }));
   // Streams are matched to clients by the first event each client reads back, so give each
