@@ -212,7 +212,7 @@ class Call : public std::enable_shared_from_this<Call> {
     body_options.model = core_->options.model;
     body_options.temperature = core_->options.temperature;
     body_options.max_tokens = core_->options.max_tokens;
-    body_ = BuildRequestBody(request, body_options);
+    body_ = std::make_shared<const std::string>(BuildRequestBody(request, body_options));
   }
 
   void Start() {
@@ -246,7 +246,7 @@ class Call : public std::enable_shared_from_this<Call> {
     if (streaming_) req.headers.emplace_back("Accept", "text/event-stream");
     if (!o.api_key.empty()) req.headers.emplace_back("Authorization", "Bearer " + o.api_key.reveal());
     for (const auto& h : o.headers) req.headers.push_back(h);
-    req.body = body_;
+    req.shared_body = body_;
     req.timeout_ms =
         o.total_timeout_ms > 0 ? static_cast<int>(std::min<int64_t>(remaining, INT32_MAX)) : 0;
     req.connect_timeout_ms = o.connect_timeout_ms;
@@ -492,7 +492,7 @@ class Call : public std::enable_shared_from_this<Call> {
 
   const std::shared_ptr<Core> core_;
   const bool streaming_;
-  std::string body_;
+  std::shared_ptr<const std::string> body_;  // one copy for every attempt
   std::mutex mu_;
   // Guarded by mu_:
   DeltaCallback on_delta_;

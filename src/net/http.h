@@ -150,6 +150,9 @@ struct ClientRequest {
   std::string url;
   Headers headers;
   std::string body;
+  // When set, sent as the body instead of `body`, without a copy (a caller that retries keeps one
+  // serialised body for every attempt).
+  std::shared_ptr<const std::string> shared_body;
   int timeout_ms = 10'000;          // whole transfer; 0 = none
   int connect_timeout_ms = 3'000;
   std::string unix_socket_path;     // when set, connect here instead of the URL's host

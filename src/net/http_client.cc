@@ -201,6 +201,9 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
     set(curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                          static_cast<long>(std::max(0, r.connect_timeout_ms))));
     set(curl_easy_setopt(e, CURLOPT_USERAGENT, "parley"));
+    // 4 KiB receive buffer instead of 16 KiB: thousands of transfers wait on slow LLM answers at
+    // once, and their buffers dominate the daemon's memory; answers arrive in small pieces anyway.
+    set(curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L));
     set(curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &CurlCore::OnBody));
     set(curl_easy_setopt(e, CURLOPT_WRITEDATA, static_cast<void*>(&t)));
     set(curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &CurlCore::OnHeaderLine));
@@ -219,7 +222,8 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
     }
 
     // Method and body. curl sends POSTFIELDS as the body for any method set by CUSTOMREQUEST.
-    const bool has_body = !r.body.empty();
+    const std::string& body = r.shared_body ? *r.shared_body : r.body;
+    const bool has_body = !body.empty();
     if (r.method == "GET" && !has_body) {
       set(curl_easy_setopt(e, CURLOPT_HTTPGET, 1L));
     } else if (r.method == "HEAD") {
@@ -228,8 +232,8 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
     } else {
       if (has_body || r.method == "POST" || r.method == "PUT" || r.method == "PATCH") {
         set(curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
-                             static_cast<curl_off_t>(r.body.size())));
-        set(curl_easy_setopt(e, CURLOPT_POSTFIELDS, r.body.data()));
+                             static_cast<curl_off_t>(body.size())));
+        set(curl_easy_setopt(e, CURLOPT_POSTFIELDS, body.data()));
       }
       if (r.method != "POST") set(curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method.c_str()));
     }
