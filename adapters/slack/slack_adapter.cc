@@ -315,10 +315,11 @@ void SlackAdapter::RememberThread(const std::string& channel, const std::string&
   const std::string key = channel + "/" + thread_ts;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (threads_.count(key) > 0) return;
     if (threads_.size() >= kThreadCacheLimit) threads_.clear();
     threads_.insert(key);
   }
+  // Written with every reply in the thread (it rides in the reply's outbox removal batch): the
+  // in-memory mark may come from intake, before any reply was confirmed.
   batch.Put(store::keys::SlackThread(channel, thread_ts), std::to_string(clock_.NowMs()));
 }
 
@@ -375,14 +376,22 @@ void SlackAdapter::OnEvent(const Envelope& envelope) {
     spdlog::info("slack.event.redelivered event_id={} retry={} reason={}", event.event_id,
                  envelope.retry_attempt, envelope.retry_reason);
   }
-  const std::string channel = m.channel, user = m.user, ts = event.ts;
+  const std::string channel = m.channel, user = m.user, ts = event.ts, thread = m.thread;
   const std::string event_id = event.event_id, key = m.event_id;
   auto self = shared_from_this();
   sink_->OnInbound(std::move(m), IntakeOptions{/*durable=*/true},
-                   [self, channel, user, ts, event_id, key](IntakeResult result) {
+                   [self, channel, user, ts, thread, event_id, key](IntakeResult result) {
                      switch (result.status.code()) {
                        case Status::Code::kOk:
                          spdlog::debug("slack.event.accepted event_id={} key={}", event_id, key);
+                         // The bot answers in this thread: follow-ups that arrive before its
+                         // reply is confirmed count as addressed too. (The durable mark is
+                         // written once the reply is posted.)
+                         if (!thread.empty()) {
+                           std::lock_guard<std::mutex> lock(self->mu_);
+                           if (self->threads_.size() >= kThreadCacheLimit) self->threads_.clear();
+                           self->threads_.insert(channel + "/" + thread);
+                         }
                          self->SignalWorking(channel, ts, true);
                          return;
                        case Status::Code::kAlreadyExists:
