@@ -19,9 +19,13 @@
 #include <vector>
 
 #include "tests/fakes/llm/llm_server.h"
+#include "tests/support/io_threads.h"
 
 namespace parley::llm {
 namespace {
+
+using parley::testing::IoThreads;
+using parley::testing::WaitFor;
 
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
@@ -30,23 +34,6 @@ using nlohmann::json;
 using std::chrono::milliseconds;
 using testing::LlmReply;
 using testing::LlmServer;
-
-class IoThreads {
- public:
-  explicit IoThreads(int threads) : work_(io.get_executor()) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { io.run(); });
-  }
-  ~IoThreads() {
-    work_.reset();
-    io.stop();
-    for (auto& t : threads_) t.join();
-  }
-  asio::io_context io;
-
- private:
-  asio::executor_work_guard<asio::io_context::executor_type> work_;
-  std::vector<std::thread> threads_;
-};
 
 // Everything one Complete() call reported.
 struct Observed {

@@ -22,39 +22,17 @@
 #include <vector>
 
 #include "net/http.h"
+#include "tests/support/io_threads.h"
 
 namespace parley::net {
 namespace {
 
+using parley::testing::IoThreads;
+using parley::testing::WaitFor;
+
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-class IoThreads {
- public:
-  explicit IoThreads(int threads) : work_(io.get_executor()) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { io.run(); });
-  }
-  ~IoThreads() {
-    work_.reset();
-    io.stop();
-    for (auto& t : threads_) t.join();
-  }
-  asio::io_context io;
-
- private:
-  asio::executor_work_guard<asio::io_context::executor_type> work_;
-  std::vector<std::thread> threads_;
-};
-
-bool WaitFor(const std::function<bool()>& done, milliseconds limit = milliseconds(5000)) {
-  const auto deadline = Clock::now() + limit;
-  while (!done()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(1));
-  }
-  return true;
-}
 
 // One write of the script: wait delay_ms (the server's pacing, or a stall), then send bytes.
 struct Step {

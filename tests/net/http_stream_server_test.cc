@@ -20,39 +20,17 @@
 #include <vector>
 
 #include "net/http.h"
+#include "tests/support/io_threads.h"
 
 namespace parley::net {
 namespace {
 
+using parley::testing::IoThreads;
+using parley::testing::WaitFor;
+
 namespace asio = boost::asio;
 using std::chrono::milliseconds;
 using SteadyClock = std::chrono::steady_clock;
-
-class IoThreads {
- public:
-  explicit IoThreads(int threads) : work_(io.get_executor()) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { io.run(); });
-  }
-  ~IoThreads() {
-    work_.reset();
-    io.stop();
-    for (auto& t : threads_) t.join();
-  }
-  asio::io_context io;
-
- private:
-  asio::executor_work_guard<asio::io_context::executor_type> work_;
-  std::vector<std::thread> threads_;
-};
-
-bool WaitFor(const std::function<bool()>& done, milliseconds limit = milliseconds(5000)) {
-  const auto deadline = SteadyClock::now() + limit;
-  while (!done()) {
-    if (SteadyClock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(1));
-  }
-  return true;
-}
 
 // A blocking TCP client whose reads give up after 5 s.
 class RawClient {

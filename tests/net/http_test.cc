@@ -28,41 +28,18 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/io_threads.h"
+
 namespace parley::net {
 namespace {
+
+using parley::testing::IoThreads;
+using parley::testing::WaitFor;
 
 namespace asio = boost::asio;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 using Clock = std::chrono::steady_clock;
-
-// An io_context run by `threads` threads until destruction.
-class IoThreads {
- public:
-  explicit IoThreads(int threads) : work_(io.get_executor()) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { io.run(); });
-  }
-  ~IoThreads() {
-    work_.reset();
-    io.stop();
-    for (auto& t : threads_) t.join();
-  }
-  asio::io_context io;
-
- private:
-  asio::executor_work_guard<asio::io_context::executor_type> work_;
-  std::vector<std::thread> threads_;
-};
-
-// Polls `done` until it is true or `limit` passes.
-bool WaitFor(const std::function<bool()>& done, milliseconds limit = milliseconds(5000)) {
-  const auto deadline = Clock::now() + limit;
-  while (!done()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(1));
-  }
-  return true;
-}
 
 // Issues one request and waits (bounded) for its callback.
 Result<ClientResponse> Call(HttpClient& client, ClientRequest request,

@@ -19,46 +19,15 @@
 
 #include "store/committer.h"
 #include "store/kv_store.h"
+#include "tests/support/io_threads.h"
 #include "tests/support/temp_dir.h"
 #include "tools/policy.h"
 #include "tools/tool.h"
 
 namespace parley::tools::testing {
 
-// An io_context run by `threads` threads until destruction.
-class IoThreads {
- public:
-  explicit IoThreads(int threads) : work_(io.get_executor()) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { io.run(); });
-  }
-  ~IoThreads() {
-    work_.reset();
-    io.stop();
-    for (auto& t : threads_) t.join();
-  }
-  bool IsIoThread(std::thread::id id) const {
-    for (const auto& t : threads_) {
-      if (t.get_id() == id) return true;
-    }
-    return false;
-  }
-  boost::asio::io_context io;
-
- private:
-  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
-  std::vector<std::thread> threads_;
-};
-
-// Polls `done` until it is true or `limit` passes.
-inline bool WaitFor(const std::function<bool()>& done,
-                    std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return true;
-}
+using parley::testing::IoThreads;
+using parley::testing::WaitFor;
 
 // A tool whose behaviour the test sets: answer ok / with an error / never (the done callbacks
 // are kept so the test can answer late).

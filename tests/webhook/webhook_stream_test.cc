@@ -25,10 +25,13 @@
 
 #include "adapters/common/http_json.h"
 #include "adapters/webhook/webhook_adapter.h"
+#include "tests/support/io_threads.h"
 #include "tests/support/temp_dir.h"
 
 namespace parley::webhook {
 namespace {
+
+using parley::testing::WaitFor;
 
 namespace asio = boost::asio;
 using nlohmann::json;
@@ -36,15 +39,6 @@ using std::chrono::milliseconds;
 using SteadyClock = std::chrono::steady_clock;
 
 constexpr char kSecret[] = "test-secret";
-
-bool WaitFor(const std::function<bool()>& done, milliseconds limit = milliseconds(5000)) {
-  const auto deadline = SteadyClock::now() + limit;
-  while (!done()) {
-    if (SteadyClock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(1));
-  }
-  return true;
-}
 
 // The router's side: records what arrives and answers intake as told.
 class FakeSink final : public InboundSink {
