@@ -37,10 +37,6 @@ struct RegisteredTool {
   std::shared_ptr<const JsonSchema> schema;  // tool->parameters(), compiled
 };
 
-// '*' matches any run of characters (including none); every other character matches itself
-// (case-sensitive). No other metacharacters.
-bool GlobMatch(std::string_view pattern, std::string_view text);
-
 // ^[a-zA-Z0-9_-]{1,64}$
 bool IsValidToolName(std::string_view name);
 

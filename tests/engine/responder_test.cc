@@ -80,15 +80,5 @@ TEST(ResponderTest, CitesNearlyAsGoodPassagesOnceEach) {
   EXPECT_EQ(a.citations[1].source, "b.md");
 }
 
-TEST(GlobMatchTest, Stars) {
-  EXPECT_TRUE(GlobMatch("webhook:staff-*", "webhook:staff-1"));
-  EXPECT_TRUE(GlobMatch("*", "anything"));
-  EXPECT_TRUE(GlobMatch("*:C01*", "slack:C0123"));
-  EXPECT_FALSE(GlobMatch("webhook:staff-*", "webhook:public"));
-  EXPECT_FALSE(GlobMatch("webhook:staff", "webhook:staff-1"));
-  EXPECT_TRUE(GlobMatch("a*b*c", "aXXbYYc"));
-  EXPECT_FALSE(GlobMatch("a*b*c", "aXXbYY"));
-}
-
 }  // namespace
 }  // namespace parley::engine

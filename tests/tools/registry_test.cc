@@ -1,4 +1,4 @@
-// ToolRegistry: registration rules, schema compilation, per-conversation/user offering; GlobMatch
+// ToolRegistry: registration rules, schema compilation, per-conversation/user offering
 // and JsonSchema messages.
 
 #include "tools/registry.h"
@@ -32,18 +32,6 @@ ToolContext Context(const std::string& platform, const std::string& channel,
   c.conversation = ConversationKey{platform, channel, ""};
   c.user = user;
   return c;
-}
-
-TEST(GlobMatchTest, StarMatchesAnyRun) {
-  EXPECT_TRUE(GlobMatch("slack:C0*", "slack:C0123"));
-  EXPECT_TRUE(GlobMatch("slack:C0*", "slack:C0"));
-  EXPECT_FALSE(GlobMatch("slack:C0*", "slack:C1123"));
-  EXPECT_TRUE(GlobMatch("*", ""));
-  EXPECT_TRUE(GlobMatch("*:admin-*", "matrix:admin-bob"));
-  EXPECT_FALSE(GlobMatch("slack:U1", "slack:U12"));
-  EXPECT_TRUE(GlobMatch("a*b*c", "axxbyyc"));
-  EXPECT_FALSE(GlobMatch("a*b*c", "axxbyy"));
-  EXPECT_FALSE(GlobMatch("Slack:*", "slack:C1"));  // case-sensitive
 }
 
 TEST(RegistryTest, RejectsBadNamesDuplicatesAndBadSchemas) {
