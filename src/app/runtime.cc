@@ -114,16 +114,12 @@ Status Runtime::EnableLlm() {
 
   tool_registry = std::make_unique<tools::ToolRegistry>();
   if (config.tools.enabled) {
-    auto add = [&](std::shared_ptr<tools::Tool> tool, tools::ToolRules rules) -> Status {
-      return tool_registry->Add(std::move(tool), std::move(rules));
-    };
+    std::vector<std::pair<std::shared_ptr<tools::Tool>, tools::ToolRules>> enabled;
     if (config.tools.search_knowledge) {
-      Status s = add(tools::MakeSearchKnowledgeTool(io, *index, 5), tools::ToolRules{});
-      if (!s.ok()) return s;
+      enabled.emplace_back(tools::MakeSearchKnowledgeTool(io, *index, 5), tools::ToolRules{});
     }
     if (config.tools.escalate_to_human) {
-      Status s = add(tools::MakeEscalateTool(io), tools::ToolRules{});
-      if (!s.ok()) return s;
+      enabled.emplace_back(tools::MakeEscalateTool(io), tools::ToolRules{});
     }
     for (const config::HttpToolConfig& spec : config.tools.http) {
       auto tool = tools::MakeHttpTool(spec, http);
@@ -134,8 +130,11 @@ Status Runtime::EnableLlm() {
       rules.allow_users = spec.allow_users;
       rules.redact = spec.redact;
       rules.timeout_ms = spec.timeout_ms + 1000;  // the tool's own HTTP timeout fires first
-      Status s = add(std::move(tool).value(), std::move(rules));
-      if (!s.ok()) return s;
+      enabled.emplace_back(std::move(tool).value(), std::move(rules));
+    }
+    for (auto& [tool, rules] : enabled) {
+      Status added = tool_registry->Add(std::move(tool), std::move(rules));
+      if (!added.ok()) return added;
     }
   }
   const Clock& clock = SystemClock::Instance();

@@ -183,9 +183,16 @@ int Serve(const config::Config& config) {
       query.conversation = body.value("conversation", "");
       query.tool = body.value("tool", "");
       query.limit = body.value("limit", size_t{100});
-      auto records = tools::ListAudit(*rt.kv, query);
-      if (!records.ok()) return respond(JsonError(500, "store_error", records.status().ToString()));
-      return respond(Json(200, {{"records", *records}}));
+      // A scan of the audit log may be long: on the work pool, not an io thread.
+      auto shared = std::make_shared<net::Responder>(std::move(respond));
+      boost::asio::post(rt.work, [&rt, shared, query] {
+        auto records = tools::ListAudit(*rt.kv, query);
+        if (!records.ok()) {
+          return (*shared)(JsonError(500, "store_error", records.status().ToString()));
+        }
+        (*shared)(Json(200, {{"records", *records}}));
+      });
+      return;
     }
     if (req.path == "/v1/local/say") {
       // The bot speaks first in a conversation (operators; later the escalation desk).

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "core/glob.h"
 #include "core/ids.h"
 #include "engine/llm_turn.h"
 
@@ -9,26 +10,6 @@ namespace parley::engine {
 
 const char kErrorText[] =
     "Sorry, something went wrong on my side and I couldn't answer. Please try again in a moment.";
-
-bool GlobMatch(const std::string& pattern, const std::string& text) {
-  size_t p = 0, t = 0, star = std::string::npos, mark = 0;
-  while (t < text.size()) {
-    if (p < pattern.size() && pattern[p] == '*') {
-      star = p++;
-      mark = t;
-    } else if (p < pattern.size() && pattern[p] == text[t]) {
-      ++p;
-      ++t;
-    } else if (star != std::string::npos) {
-      p = star + 1;
-      t = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
-}
 
 Engine::Engine(knowledge::KnowledgeIndex& index, store::ConversationMemory& memory,
                const Clock& clock, const config::EngineConfig& options,
@@ -79,17 +60,55 @@ std::vector<std::string> Engine::AccessTagsFor(const ConversationKey& conversati
   return tags;
 }
 
+OutboundMessage Engine::NewReply(const InboundMessage& message, const std::string& turn_id) const {
+  OutboundMessage reply;
+  reply.id = NewId();
+  reply.conversation = message.conversation();
+  reply.in_reply_to = message.event_id;
+  reply.reply_route = message.reply_route;
+  reply.turn_id = turn_id;
+  return reply;
+}
+
+Result<std::vector<knowledge::Passage>> Engine::Retrieve(const InboundMessage& message,
+                                                         const std::vector<store::Turn>& recent,
+                                                         size_t max_passages) {
+  // Follow-ups: the latest earlier questions give the retrieval query its context ("and on
+  // Windows?" after a question about installing). Context only boosts; the new question's own
+  // terms decide what matches.
+  knowledge::RetrievalQuery query;
+  query.text = message.text;
+  int questions = 0;
+  for (auto it = recent.rbegin(); it != recent.rend() && questions < 2; ++it) {
+    if (it->role != "user") continue;
+    query.context = it->text + (query.context.empty() ? "" : "\n" + query.context);
+    ++questions;
+  }
+  const int64_t t0 = MonotonicNanos();
+  auto passages = index_.Retrieve(query, knowledge::AccessFilter{AccessTagsFor(
+                                             message.conversation())},
+                                  max_passages);
+  retrieval_seconds_.ObserveNanos(MonotonicNanos() - t0);
+  return passages;
+}
+
+void Engine::RecordTurn(store::WriteBatch& writes, const InboundMessage& message,
+                        const OutboundMessage& reply) const {
+  const int64_t now = clock_.NowMs();
+  const ConversationKey conv = message.conversation();
+  memory_.Append(writes, conv,
+                 store::Turn{"user", message.user, message.text, reply.turn_id, now, {}});
+  memory_.Append(writes, conv,
+                 store::Turn{"assistant", "", reply.text, reply.turn_id, now, reply.citations});
+}
+
 TurnOutput Engine::RunTurn(const InboundMessage& message, const std::string& turn_id) {
   TurnOutput out;
   const ConversationKey conv = message.conversation();
   OutboundMessage& reply = out.reply;
-  reply.id = NewId();
-  reply.conversation = conv;
-  reply.in_reply_to = message.event_id;
-  reply.reply_route = message.reply_route;
-  reply.turn_id = turn_id;
+  reply = NewReply(message, turn_id);
 
-  int64_t t0 = MonotonicNanos();
+  const int64_t t0 = MonotonicNanos();
   auto recent = memory_.Recent(conv, static_cast<size_t>(options_.memory_turns),
                                static_cast<size_t>(options_.memory_chars));
   memory_seconds_.ObserveNanos(MonotonicNanos() - t0);
@@ -101,22 +120,7 @@ TurnOutput Engine::RunTurn(const InboundMessage& message, const std::string& tur
     return out;
   }
 
-  // Follow-ups: the latest earlier questions give the retrieval query its context ("and on
-  // Windows?" after a question about installing). Context only boosts; the new question's own
-  // terms decide what matches.
-  knowledge::RetrievalQuery query;
-  query.text = message.text;
-  int questions = 0;
-  for (auto it = recent->rbegin(); it != recent->rend() && questions < 2; ++it) {
-    if (it->role != "user") continue;
-    query.context = it->text + (query.context.empty() ? "" : "\n" + query.context);
-    ++questions;
-  }
-
-  knowledge::AccessFilter access{AccessTagsFor(conv)};
-  t0 = MonotonicNanos();
-  auto passages = index_.Retrieve(query, access, static_cast<size_t>(options_.max_passages));
-  retrieval_seconds_.ObserveNanos(MonotonicNanos() - t0);
+  auto passages = Retrieve(message, *recent, static_cast<size_t>(options_.max_passages));
   if (!passages.ok()) {
     spdlog::error("turn.error turn={} conv={} stage=retrieval error=\"{}\"", turn_id,
                   conv.Display(), passages.status().ToString());
@@ -130,12 +134,7 @@ TurnOutput Engine::RunTurn(const InboundMessage& message, const std::string& tur
   reply.citations = answer.citations;
   reply.confidence = answer.confidence;
   out.outcome = answer.answered ? "answered" : "no_answer";
-
-  const int64_t now = clock_.NowMs();
-  memory_.Append(out.writes, conv,
-                 store::Turn{"user", message.user, message.text, turn_id, now, {}});
-  memory_.Append(out.writes, conv,
-                 store::Turn{"assistant", "", reply.text, turn_id, now, reply.citations});
+  RecordTurn(out.writes, message, reply);
   return out;
 }
 

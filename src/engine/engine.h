@@ -87,11 +87,21 @@ class Engine {
   Answer Extractive(const std::string& question,
                     const std::vector<knowledge::Passage>& passages) const;
 
-  knowledge::KnowledgeIndex& index() { return index_; }
+  // The reply to message, without text yet: a new id, the conversation, in_reply_to, the reply
+  // route and the turn id.
+  OutboundMessage NewReply(const InboundMessage& message, const std::string& turn_id) const;
+  // Passages for message, visible to its conversation, with the latest earlier questions in
+  // `recent` (oldest first) as context for follow-ups. Timed in parley_stage_seconds.
+  Result<std::vector<knowledge::Passage>> Retrieve(const InboundMessage& message,
+                                                   const std::vector<store::Turn>& recent,
+                                                   size_t max_passages);
+  // Adds the question and the reply to the conversation's memory in writes.
+  void RecordTurn(store::WriteBatch& writes, const InboundMessage& message,
+                  const OutboundMessage& reply) const;
+
   store::ConversationMemory& memory() { return memory_; }
   const Clock& clock() const { return clock_; }
   const config::EngineConfig& options() const { return options_; }
-  Histogram& retrieval_seconds() { return retrieval_seconds_; }
   MetricsRegistry& metrics() { return metrics_; }
 
  private:
@@ -105,9 +115,6 @@ class Engine {
   MetricsRegistry& metrics_;
   std::unique_ptr<LlmDeps> llm_;
 };
-
-// Glob match with '*' (any run of characters). Exposed for tests.
-bool GlobMatch(const std::string& pattern, const std::string& text);
 
 // The apology sent when a turn fails internally.
 extern const char kErrorText[];

@@ -10,7 +10,6 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "core/ids.h"
 #include "llm/prompt.h"
 #include "store/keys.h"
 #include "tools/policy.h"
@@ -98,11 +97,7 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
         done_(std::move(done)),
         timer_(*deps.io) {
     const ConversationKey conv = message_.conversation();
-    reply_.id = NewId();
-    reply_.conversation = conv;
-    reply_.in_reply_to = message_.event_id;
-    reply_.reply_route = message_.reply_route;
-    reply_.turn_id = turn_id_;
+    reply_ = engine_.NewReply(message_, turn_id_);
     context_.turn_id = turn_id_;
     context_.conversation = conv;
     context_.user = message_.user;
@@ -138,22 +133,10 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
     }
     BuildSummary(overflow);
 
-    // Retrieval: the new question, with the latest earlier questions as context.
-    knowledge::RetrievalQuery query;
-    query.text = message_.text;
-    int questions = 0;
-    for (auto it = history.rbegin(); it != history.rend() && questions < 2; ++it) {
-      if (it->role != "user") continue;
-      query.context = it->text + (query.context.empty() ? "" : "\n" + query.context);
-      ++questions;
-    }
     const size_t max_sources =
         std::max<size_t>(static_cast<size_t>(deps_.llm.max_sources),
                          static_cast<size_t>(options.max_passages));
-    const int64_t t0 = MonotonicNanos();
-    auto passages = engine_.index().Retrieve(query, knowledge::AccessFilter{context_.access_tags},
-                                             max_sources);
-    engine_.retrieval_seconds().ObserveNanos(MonotonicNanos() - t0);
+    auto passages = engine_.Retrieve(message_, history, max_sources);
     if (!passages.ok()) return Error("retrieval", passages.status());
     passages_ = std::move(passages).value();
 
@@ -410,13 +393,7 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
     out.outcome = outcome;
     out.writes = std::move(writes_);
     writes_ = store::WriteBatch();
-    const int64_t now = engine_.clock().NowMs();
-    const ConversationKey conv = reply_.conversation;
-    engine_.memory().Append(out.writes, conv,
-                            store::Turn{"user", message_.user, message_.text, turn_id_, now, {}});
-    engine_.memory().Append(
-        out.writes, conv,
-        store::Turn{"assistant", "", out.reply.text, turn_id_, now, out.reply.citations});
+    engine_.RecordTurn(out.writes, message_, out.reply);
     return out;
   }
 
