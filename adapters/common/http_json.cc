@@ -19,4 +19,29 @@ nlohmann::json ReplyJson(const OutboundMessage& reply) {
                         {"escalated", reply.escalated}};
 }
 
+Result<OutboundMessage> ReplyFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return Status::InvalidArgument("the reply is not a JSON object");
+  try {
+    OutboundMessage reply;
+    reply.id = j.value("id", "");
+    reply.conversation.channel = j.value("conversation", "");
+    reply.conversation.thread = j.value("thread", "");
+    reply.text = j.value("text", "");
+    auto citations = j.find("citations");
+    if (citations != j.end() && !citations->is_null()) {
+      if (!citations->is_array()) return Status::InvalidArgument("citations is not an array");
+      for (const nlohmann::json& c : *citations) {
+        if (!c.is_object()) return Status::InvalidArgument("a citation is not an object");
+        reply.citations.push_back(c.get<Citation>());
+      }
+    }
+    reply.confidence = j.value("confidence", 0.0);
+    reply.escalated = j.value("escalated", false);
+    return reply;
+  } catch (const nlohmann::json::exception& e) {
+    return Status::InvalidArgument(std::string("the reply has a field of the wrong type: ") +
+                                   e.what());
+  }
+}
+
 }  // namespace parley::adapters

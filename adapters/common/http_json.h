@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/message.h"
+#include "core/status.h"
 #include "net/http.h"
 
 namespace parley::adapters {
@@ -16,5 +17,10 @@ net::HttpResponse JsonError(int status, const std::string& code, const std::stri
 // {"id","conversation","thread","text","citations":[{title,source,section,url}],"confidence",
 //  "escalated"}: the reply as the webhook and `parley ask --json` show it.
 nlohmann::json ReplyJson(const OutboundMessage& reply);
+
+// The reverse of ReplyJson, for clients: id, conversation, thread, text, citations, confidence,
+// escalated (absent fields keep their defaults). InvalidArgument when j is not an object or a
+// field has the wrong type.
+Result<OutboundMessage> ReplyFromJson(const nlohmann::json& j);
 
 }  // namespace parley::adapters

@@ -40,53 +40,11 @@ net::HttpResponse IntakeError(const IntakeResult& result) {
   }
 }
 
-// Prints one reply progressively: partials as they come (only the new text), then the rest of
-// the final reply. Terminal thread only.
-class ProgressivePrinter {
- public:
-  explicit ProgressivePrinter(std::ostream& out) : out_(out) {}
-
-  void Partial(const OutboundMessage& partial) {
-    if (rewritten_) return;  // the final reply is printed in full
-    const std::string& text = partial.text;
-    if (!started_) {
-      if (text.empty()) return;
-      out_ << "\nparley> ";
-      started_ = true;
-    }
-    if (text.compare(0, printed_.size(), printed_) == 0 && text.size() >= printed_.size()) {
-      out_ << text.substr(printed_.size()) << std::flush;
-      printed_ = text;
-    } else {
-      // What is on the screen is no longer the reply: end that line, print the final in full.
-      out_ << "\n" << std::flush;
-      rewritten_ = true;
-    }
-  }
-
-  void Final(const OutboundMessage& reply) {
-    const std::string rendered = RenderForTerminal(reply);
-    if (!started_) {
-      out_ << "\nparley> " << rendered << "\n";
-    } else if (!rewritten_ && rendered.compare(0, printed_.size(), printed_) == 0) {
-      out_ << rendered.substr(printed_.size()) << "\n";
-    } else {
-      if (!rewritten_) out_ << "\n";
-      out_ << "parley> " << rendered << "\n";
-    }
-  }
-
-  void Failed(const std::string& error) {
-    if (started_ && !rewritten_) out_ << "\n";
-    out_ << (started_ ? "parley> (" : "\nparley> (") << error << ")\n";
-  }
-
- private:
-  std::ostream& out_;
-  std::string printed_;     // reply text on the screen so far
-  bool started_ = false;    // "parley> " is printed
-  bool rewritten_ = false;  // a partial did not extend printed_
-};
+// The string at key; empty when absent, null or not a string.
+std::string StringField(const json& body, const char* key) {
+  auto it = body.find(key);
+  return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
 
 }  // namespace
 
@@ -107,6 +65,49 @@ std::string RenderForTerminal(const OutboundMessage& reply) {
   return out;
 }
 
+void ProgressivePrinter::Partial(const OutboundMessage& partial) {
+  if (rewritten_) return;  // the final reply is printed in full
+  const std::string& text = partial.text;
+  if (!started_) {
+    if (text.empty()) return;
+    out_ << style_.lead << style_.label;
+    started_ = true;
+  }
+  if (text.size() >= printed_.size() && text.compare(0, printed_.size(), printed_) == 0) {
+    out_ << text.substr(printed_.size()) << std::flush;
+    printed_ = text;
+  } else {
+    // What is on the screen is no longer the reply: end that line, print the final in full.
+    out_ << "\n" << std::flush;
+    rewritten_ = true;
+  }
+}
+
+void ProgressivePrinter::Final(const OutboundMessage& reply) {
+  const std::string rendered = RenderForTerminal(reply);
+  if (!started_) {
+    out_ << style_.lead << style_.label << rendered << "\n";
+  } else if (!rewritten_ && rendered.compare(0, printed_.size(), printed_) == 0) {
+    out_ << rendered.substr(printed_.size()) << "\n";
+  } else {
+    if (!rewritten_) out_ << "\n";
+    out_ << style_.label << rendered << "\n";
+  }
+  started_ = true;
+  rewritten_ = true;  // done: later calls start a new line
+  out_ << std::flush;
+}
+
+void ProgressivePrinter::Failed(const std::string& error) {
+  Interrupt();
+  out_ << (started_ ? "" : style_.lead) << style_.label << "(" << error << ")\n" << std::flush;
+}
+
+void ProgressivePrinter::Interrupt() {
+  if (started_ && !rewritten_) out_ << "\n" << std::flush;
+  rewritten_ = started_;
+}
+
 ConsoleAdapter::ConsoleAdapter(ConversationControl& control, std::string default_user)
     : control_(control), default_user_(std::move(default_user)) {
   if (default_user_.empty()) {
@@ -122,14 +123,31 @@ Status ConsoleAdapter::Start(InboundSink& sink) {
 
 void ConsoleAdapter::Stop(std::function<void()> done) {
   stopping_ = true;
+  // Turns have been drained by now (or are given up on): a stream still open will get no reply.
+  // End it, so the server (which does not cut streams at Stop) can close its connection.
+  std::unordered_map<std::string, std::shared_ptr<adapters::StreamedReply>> open;
+  {
+    std::lock_guard<std::mutex> lock(partials_mu_);
+    open.swap(streams_);
+  }
+  for (auto& [event_id, stream] : open) {
+    Waiter parked;
+    pending_.Take(event_id, parked);
+    stream->Abandon("shutting down before the reply was ready");
+  }
   if (done) done();
 }
 
 void ConsoleAdapter::Send(OutboundMessage message, DeliveryCallback done) {
-  std::function<void(const OutboundMessage&)> waiter;
+  Waiter waiter;
   if (!message.in_reply_to.empty() && pending_.Take(message.in_reply_to, waiter)) {
-    waiter(message);
-    if (done) done(Status::Ok());
+    {
+      std::lock_guard<std::mutex> lock(partials_mu_);
+      partials_.erase(message.in_reply_to);
+      streams_.erase(message.in_reply_to);
+    }
+    Status delivered = waiter(message);
+    if (done) done(delivered);
     return;
   }
   if (done) done(Status::NotFound("nobody is waiting for this console reply"));
@@ -138,13 +156,25 @@ void ConsoleAdapter::Send(OutboundMessage message, DeliveryCallback done) {
 void ConsoleAdapter::SendPartial(const OutboundMessage& partial) {
   if (partial.in_reply_to.empty()) return;
   std::function<void(const OutboundMessage&)> waiter;
+  std::shared_ptr<adapters::StreamedReply> stream;
   {
     std::lock_guard<std::mutex> lock(partials_mu_);
     auto it = partials_.find(partial.in_reply_to);
-    if (it == partials_.end()) return;
-    waiter = it->second;
+    if (it != partials_.end()) {
+      waiter = it->second;
+    } else {
+      auto s = streams_.find(partial.in_reply_to);
+      if (s == streams_.end()) return;
+      stream = s->second;
+    }
   }
-  waiter(partial);
+  if (waiter) waiter(partial);
+  if (stream) stream->Partial(partial);
+}
+
+size_t ConsoleAdapter::OpenStreams() const {
+  std::lock_guard<std::mutex> lock(partials_mu_);
+  return streams_.size();
 }
 
 bool ConsoleAdapter::Ask(const std::string& conversation, const std::string& text,
@@ -193,10 +223,13 @@ bool ConsoleAdapter::Ask(const std::string& conversation, const std::string& tex
       waiting->cv.notify_all();
     };
   }
-  pending_.Park(m.event_id, [settle](const OutboundMessage& r) { settle(true, r); });
+  pending_.Park(m.event_id, [settle](const OutboundMessage& r) {
+    settle(true, r);
+    return Status::Ok();
+  });
   sink_->OnInbound(std::move(m), IntakeOptions{false}, [this, settle, event_id](IntakeResult r) {
     if (r.status.ok()) return;
-    std::function<void(const OutboundMessage&)> unused;
+    Waiter unused;
     pending_.Take(event_id, unused);
     OutboundMessage failure;
     failure.text = r.status.code() == Status::Code::kResourceExhausted
@@ -305,7 +338,15 @@ bool ConsoleAdapter::HandleLocal(const net::HttpRequest& request, net::Responder
     respond(JsonError(400, "invalid_json", "the body must be a JSON object"));
     return true;
   }
-  std::string conversation = body.value("conversation", "terminal");
+  // "conversation" and "user" are optional strings; another type is refused (not thrown on).
+  for (const char* key : {"conversation", "user"}) {
+    auto it = body.find(key);
+    if (it != body.end() && !it->is_null() && !it->is_string()) {
+      respond(JsonError(422, "invalid_fields", std::string(key) + " must be a string"));
+      return true;
+    }
+  }
+  std::string conversation = StringField(body, "conversation");
   if (conversation.empty()) conversation = "terminal";
   if (request.path == "/v1/local/forget") {
     control_.Forget(ConversationKey{kPlatform, conversation, ""},
@@ -323,26 +364,65 @@ bool ConsoleAdapter::HandleLocal(const net::HttpRequest& request, net::Responder
     respond(JsonError(422, "invalid_fields", "text must be a non-empty string"));
     return true;
   }
+  auto stream_field = body.find("stream");
+  if (stream_field != body.end() && !stream_field->is_null() && !stream_field->is_boolean()) {
+    respond(JsonError(422, "invalid_fields", "stream must be true or false"));
+    return true;
+  }
+  const bool wants_stream =
+      adapters::AcceptsEventStream(request) ||
+      (stream_field != body.end() && stream_field->is_boolean() && stream_field->get<bool>());
+  if (stopping_) {
+    respond(JsonError(503, "unavailable", "shutting down"));
+    return true;
+  }
   InboundMessage m;
   m.platform = kPlatform;
   m.channel = conversation;
-  m.user = body.value("user", default_user_);
+  m.user = StringField(body, "user");
+  if (m.user.empty()) m.user = default_user_;
   m.text = body["text"].get<std::string>();
   m.mentions_bot = true;
   m.is_direct = true;
   m.event_id = NewId();
   m.timestamp_ms = SystemClock::Instance().NowMs();
+  const std::string event_id = m.event_id;
+
+  if (wants_stream) {
+    // Everything that answers this request goes through the StreamedReply, which passes error
+    // responses through until its 200 head is out.
+    auto stream = std::make_shared<adapters::StreamedReply>(std::move(respond));
+    {
+      std::lock_guard<std::mutex> lock(partials_mu_);
+      streams_[event_id] = stream;
+    }
+    pending_.Park(event_id,
+                  [stream](const OutboundMessage& reply) { return stream->Final(reply); });
+    sink_->OnInbound(std::move(m), IntakeOptions{false},
+                     [this, stream, event_id](IntakeResult result) {
+                       if (result.status.ok()) return stream->Start();  // the turn is on its way
+                       Waiter unused;
+                       if (!pending_.Take(event_id, unused)) return;
+                       {
+                         std::lock_guard<std::mutex> lock(partials_mu_);
+                         streams_.erase(event_id);
+                       }
+                       stream->Refuse(IntakeError(result));
+                     });
+    return true;
+  }
+
   auto shared_respond = std::make_shared<net::Responder>(std::move(respond));
-  pending_.Park(m.event_id, [shared_respond](const OutboundMessage& reply) {
+  pending_.Park(event_id, [shared_respond](const OutboundMessage& reply) {
     net::HttpResponse r;
     r.body = adapters::ReplyJson(reply).dump();
     (*shared_respond)(std::move(r));
+    return Status::Ok();
   });
-  const std::string event_id = m.event_id;
   sink_->OnInbound(std::move(m), IntakeOptions{false},
                    [this, shared_respond, event_id](IntakeResult result) {
                      if (result.status.ok()) return;
-                     std::function<void(const OutboundMessage&)> unused;
+                     Waiter unused;
                      if (pending_.Take(event_id, unused)) (*shared_respond)(IntakeError(result));
                    });
   return true;

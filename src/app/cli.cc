@@ -7,9 +7,12 @@
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
+#include "adapters/common/http_json.h"
+#include "adapters/common/reply_stream.h"
 #include "adapters/console/console_adapter.h"
 #include "app/commands.h"
 #include "app/logging.h"
@@ -52,9 +55,22 @@ void SayViaDaemon(const config::Config& config) {
                SocketPath(config).c_str());
 }
 
-// POSTs body to the daemon's local API.
-Result<json> CallDaemon(const config::Config& config, const std::string& path, const json& body,
-                        int timeout_ms) {
+// The JSON answer of the daemon's local API: the parsed body of a 200, else the error it gave.
+Result<json> DaemonJson(int status, const std::string& body) {
+  json parsed = json::parse(body, nullptr, false);
+  if (status != 200) {
+    std::string message =
+        parsed.is_object() && parsed.contains("message") && parsed["message"].is_string()
+            ? parsed["message"].get<std::string>()
+            : body;
+    return Status::Unavailable("the daemon answered " + std::to_string(status) + ": " + message);
+  }
+  if (parsed.is_discarded()) return Status::Internal("the daemon sent invalid JSON");
+  return parsed;
+}
+
+net::ClientRequest DaemonRequest(const config::Config& config, const std::string& path,
+                                 const json& body, int timeout_ms) {
   net::ClientRequest request;
   request.method = "POST";
   request.url = "http://localhost" + path;
@@ -62,20 +78,75 @@ Result<json> CallDaemon(const config::Config& config, const std::string& path, c
   request.body = body.dump();
   request.headers.emplace_back("Content-Type", "application/json");
   request.timeout_ms = timeout_ms;
-  auto response = net::BlockingRequest(std::move(request));
+  return request;
+}
+
+// POSTs body to the daemon's local API.
+Result<json> CallDaemon(const config::Config& config, const std::string& path, const json& body,
+                        int timeout_ms) {
+  auto response = net::BlockingRequest(DaemonRequest(config, path, body, timeout_ms));
   if (!response.ok()) {
     return Status::Unavailable("cannot reach the daemon at " + SocketPath(config) + ": " +
                                response.status().message());
   }
-  json parsed = json::parse(response->body, nullptr, false);
-  if (response->status != 200) {
-    std::string message = parsed.is_object() ? parsed.value("message", response->body)
-                                             : response->body;
-    return Status::Unavailable("the daemon answered " + std::to_string(response->status) + ": " +
-                               message);
+  return DaemonJson(response->status, response->body);
+}
+
+constexpr int kAskTimeoutMs = 60'000;
+
+// One turn through the daemon's /v1/local/ask. With on_partial, asks for the streamed answer and
+// calls on_partial (on this thread, before returning) with the reply written so far; the
+// returned reply is the complete final one either way. The error says, in one line, why there
+// is no reply (daemon unreachable or gone mid-answer, an "error" event, a refusal).
+Result<OutboundMessage> AskDaemon(const config::Config& config, const std::string& text,
+                                  const std::string& conversation,
+                                  const console::PartialCallback& on_partial) {
+  const json body{{"text", text}, {"conversation", conversation}};
+  if (!on_partial) {
+    auto answer = CallDaemon(config, "/v1/local/ask", body, kAskTimeoutMs);
+    if (!answer.ok()) return answer.status();
+    return adapters::ReplyFromJson(*answer);
   }
-  if (parsed.is_discarded()) return Status::Internal("the daemon sent invalid JSON");
-  return parsed;
+  net::ClientRequest request = DaemonRequest(config, "/v1/local/ask", body, kAskTimeoutMs);
+  request.headers.emplace_back("Accept", "text/event-stream");
+  // The callbacks run inside BlockingRequest, on this thread; nothing outlives the call.
+  int status = 0;
+  bool streamed = false;
+  std::string plain;  // the body when the daemon did not stream (an error, or an older daemon)
+  adapters::StreamedReplyReader reader(on_partial);
+  request.on_headers = [&](int code, const net::Headers& headers) {
+    status = code;
+    const std::string type = net::FindHeader(headers, "content-type");
+    streamed = code == 200 && type.rfind("text/event-stream", 0) == 0;
+    return true;
+  };
+  request.on_body = [&](std::string_view bytes) {
+    if (streamed) {
+      reader.Feed(bytes);
+    } else {
+      plain.append(bytes);
+    }
+    return true;
+  };
+  auto response = net::BlockingRequest(std::move(request));
+  if (streamed) {
+    if (reader.reply()) return *reader.reply();  // complete, whatever happened after it
+    if (!reader.error().empty()) {
+      return Status::Unavailable("the daemon could not answer: " + reader.error());
+    }
+    if (!response.ok()) {
+      return Status::Unavailable("the daemon went away before the reply was complete (" +
+                                 response.status().message() + ")");
+    }
+    return Status::Unavailable("the daemon ended the answer without a reply");
+  }
+  if (!response.ok()) {
+    return Status::Unavailable("cannot reach the daemon at " + SocketPath(config) + ": " +
+                               response.status().message());
+  }
+  auto answer = DaemonJson(status, plain);
+  if (!answer.ok()) return answer.status();
+  return adapters::ReplyFromJson(*answer);
 }
 
 // Makes sure an in-process index has content: indexes on first use.
@@ -106,15 +177,6 @@ bool StartInProcess(InProcess& p) {
   return true;
 }
 
-OutboundMessage ReplyFromJson(const json& j) {
-  OutboundMessage reply;
-  reply.text = j.value("text", "");
-  if (j.contains("citations")) reply.citations = j["citations"].get<std::vector<Citation>>();
-  reply.confidence = j.value("confidence", 0.0);
-  reply.escalated = j.value("escalated", false);
-  return reply;
-}
-
 }  // namespace
 
 int Ask(const config::Config& config, const std::string& question,
@@ -122,20 +184,28 @@ int Ask(const config::Config& config, const std::string& question,
   bool daemon = false;
   InProcess p;
   p.rt = OpenInProcess(config, daemon);
+  // Without --json the answer is printed as it is written (when the responder streams); --json
+  // prints only the final reply.
+  console::ProgressivePrinter printer(std::cout, console::ProgressivePrinter::Style{"", ""});
+  console::PartialCallback on_partial;
+  if (!as_json) {
+    on_partial = [&printer](const OutboundMessage& partial) { printer.Partial(partial); };
+  }
   OutboundMessage reply;
   if (daemon) {
     SayViaDaemon(config);
-    auto answer = CallDaemon(config, "/v1/local/ask",
-                             json{{"text", question}, {"conversation", conversation}}, 60'000);
+    auto answer = AskDaemon(config, question, conversation, on_partial);
     if (!answer.ok()) {
+      printer.Interrupt();
       std::fprintf(stderr, "parley: %s\n", answer.status().message().c_str());
       return 1;
     }
-    reply = ReplyFromJson(*answer);
+    reply = std::move(answer).value();
   } else {
     if (!p.rt || !StartInProcess(p)) return 1;
     std::string error;
-    if (!p.console->Ask(conversation, question, reply, error)) {
+    if (!p.console->Ask(conversation, question, on_partial, reply, error)) {
+      printer.Interrupt();
       std::fprintf(stderr, "parley: %s\n", error.c_str());
       return 1;
     }
@@ -143,7 +213,7 @@ int Ask(const config::Config& config, const std::string& question,
   if (as_json) {
     std::cout << AskJson(reply).dump() << std::endl;
   } else {
-    std::cout << console::RenderForTerminal(reply) << std::endl;
+    printer.Final(reply);
   }
   return 0;
 }
@@ -156,13 +226,22 @@ int Chat(const config::Config& config, const std::string& conversation) {
     SayViaDaemon(config);
     console::TerminalBackend backend;
     backend.ask = [&](const std::string& text, OutboundMessage& reply, std::string& error) {
-      auto answer = CallDaemon(config, "/v1/local/ask",
-                               json{{"text", text}, {"conversation", conversation}}, 60'000);
+      auto answer = AskDaemon(config, text, conversation, nullptr);
       if (!answer.ok()) {
         error = answer.status().message();
         return false;
       }
-      reply = ReplyFromJson(*answer);
+      reply = std::move(answer).value();
+      return true;
+    };
+    backend.ask_streaming = [&](const std::string& text, const console::PartialCallback& partial,
+                                OutboundMessage& reply, std::string& error) {
+      auto answer = AskDaemon(config, text, conversation, partial);
+      if (!answer.ok()) {
+        error = answer.status().message();
+        return false;
+      }
+      reply = std::move(answer).value();
       return true;
     };
     backend.forget = [&]() -> Result<size_t> {
@@ -324,7 +403,8 @@ const std::map<std::string, std::string>& CommandHelp() {
       {"ask",
        "usage: parley ask \"QUESTION\" [--conversation ID] [--json] [--config FILE]\n\nOne turn "
        "through the full engine, memory included: a second ask with the same\n--conversation is a "
-       "follow-up (default conversation: \"terminal\").\n--json prints {\"text\", "
+       "follow-up (default conversation: \"terminal\").\nThe answer is printed as it is written "
+       "(with an LLM), then its sources.\n--json prints only the final reply: {\"text\", "
        "\"citations\":[{\"title\",\"source\",\"section\",\"url\"}], \"confidence\", "
        "\"escalated\"}.\nWhen a daemon is running on the same store, the question goes through "
        "it.\n"},

@@ -1,18 +1,26 @@
 // Console progressive output: RunTerminal with a streaming backend, and ConsoleAdapter::Ask /
-// Backend with partial replies sent as the engine sends them (SendPartial..., then Send).
+// Backend with partial replies sent as the engine sends them (SendPartial..., then Send); the
+// streamed local API (POST /v1/local/ask with Accept: text/event-stream) behind a real
+// net::HttpServer on a Unix-domain socket in a temp dir, read with StreamedReplyReader.
 // (Kept under tests/webhook/ because the console adapter has no test directory yet.)
 
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <future>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "adapters/common/http_json.h"
+#include "adapters/common/reply_stream.h"
 #include "adapters/console/console_adapter.h"
+#include "tests/support/io_threads.h"
+#include "tests/support/temp_dir.h"
 
 namespace parley::console {
 namespace {
@@ -196,6 +204,390 @@ TEST(ConsoleAdapterStreamTest, TerminalOverTheAdapterPrintsTheWholeReplyOnce) {
   EXPECT_EQ(out, "\nparley> The answer is 42.\n");
   // Partials for a request nobody waits for are ignored.
   adapter.SendPartial(Text("stray"));
+}
+
+// ---- `parley ask` style printing (no label) ----
+
+TEST(ConsoleProgressTest, AskStylePrintsTheAnswerAloneWithSources) {
+  OutboundMessage final_reply = Text("Run apt install gizmo [1].");
+  final_reply.citations.push_back(Citation{"Install", "install.md", "Install > Linux", ""});
+  std::ostringstream out;
+  ProgressivePrinter printer(out, ProgressivePrinter::Style{"", ""});
+  printer.Partial(Text("Run apt"));
+  EXPECT_EQ(out.str(), "Run apt");
+  printer.Partial(Text("Run apt install"));
+  EXPECT_EQ(out.str(), "Run apt install");
+  printer.Final(final_reply);
+  EXPECT_EQ(out.str(), RenderForTerminal(final_reply) + "\n");
+}
+
+TEST(ConsoleProgressTest, AskStyleWithoutPartialsIsTheRenderedReply) {
+  std::ostringstream out;
+  ProgressivePrinter printer(out, ProgressivePrinter::Style{"", ""});
+  printer.Final(Text("Just this"));
+  EXPECT_EQ(out.str(), "Just this\n");
+}
+
+TEST(ConsoleProgressTest, InterruptEndsTheDraftLineOnce) {
+  std::ostringstream out;
+  ProgressivePrinter printer(out, ProgressivePrinter::Style{"", ""});
+  printer.Interrupt();  // nothing printed: nothing to end
+  EXPECT_EQ(out.str(), "");
+  printer.Partial(Text("Half"));
+  printer.Interrupt();
+  printer.Interrupt();
+  EXPECT_EQ(out.str(), "Half\n");
+}
+
+// ---- StreamedReplyReader ----
+
+TEST(StreamedReplyReaderTest, DecodesEventsCutAnywhere) {
+  OutboundMessage final_reply = Text("Help me, please");
+  final_reply.citations.push_back(Citation{"Install", "install.md", "Install > Linux", "u"});
+  final_reply.confidence = 0.5;
+  const std::string body = ": a comment\r\n\r\n" +
+                           adapters::SseEvent("delta", {{"id", "r1"}, {"text", "Hel"}}) +
+                           adapters::SseEvent("delta", {{"id", "r1"}, {"text", "lo"}}) +
+                           "event: replace\r\ndata: {\"id\":\"r1\",\"text\":\"Help\"}\r\n\r\n" +
+                           adapters::SseEvent("unknown", {{"x", 1}}) +
+                           adapters::SseEvent("delta", {{"id", "r1"}, {"text", " me \xC3\xA9"}}) +
+                           adapters::SseEvent("message", adapters::ReplyJson(final_reply)) +
+                           adapters::SseEvent("delta", {{"id", "r1"}, {"text", "after the end"}});
+  for (size_t piece : {size_t{1}, size_t{2}, size_t{7}, body.size()}) {
+    std::vector<std::string> partials;
+    adapters::StreamedReplyReader reader(
+        [&](const OutboundMessage& p) { partials.push_back(p.text); });
+    for (size_t i = 0; i < body.size(); i += piece)
+      reader.Feed(std::string_view(body).substr(i, piece));
+    EXPECT_EQ(partials, (std::vector<std::string>{"Hel", "Hello", "Help", "Help me \xC3\xA9"}))
+        << "piece " << piece;
+    ASSERT_TRUE(reader.finished());
+    ASSERT_TRUE(reader.reply().has_value()) << reader.error();
+    EXPECT_EQ(reader.reply()->text, "Help me, please");
+    EXPECT_EQ(reader.reply()->citations, final_reply.citations);
+    EXPECT_DOUBLE_EQ(reader.reply()->confidence, 0.5);
+    EXPECT_TRUE(reader.error().empty());
+  }
+}
+
+TEST(StreamedReplyReaderTest, ErrorEventEndsWithoutReply) {
+  adapters::StreamedReplyReader reader(nullptr);
+  reader.Feed(adapters::SseEvent("delta", {{"id", "r1"}, {"text", "Half"}}));
+  EXPECT_FALSE(reader.finished());
+  reader.Feed(adapters::SseEvent("error", {{"error", "unavailable"}, {"message", "going down"}}));
+  EXPECT_TRUE(reader.finished());
+  EXPECT_FALSE(reader.reply().has_value());
+  EXPECT_EQ(reader.error(), "going down");
+  EXPECT_EQ(reader.text(), "Half");
+}
+
+TEST(StreamedReplyReaderTest, MalformedEventsAreErrorsNotCrashes) {
+  for (const std::string& bad :
+       {std::string("event: delta\ndata: {not json\n\n"), std::string("event: delta\ndata: 42\n\n"),
+        std::string("event: message\ndata: [1]\n\n"),
+        std::string("event: message\ndata: {\"text\":\"x\",\"citations\":[7]}\n\n"),
+        std::string("event: message\ndata: {\"text\":5}\n\n")}) {
+    adapters::StreamedReplyReader reader(nullptr);
+    reader.Feed(bad);
+    EXPECT_TRUE(reader.finished()) << bad;
+    EXPECT_FALSE(reader.reply().has_value()) << bad;
+    EXPECT_FALSE(reader.error().empty()) << bad;
+  }
+  adapters::StreamedReplyReader unfinished(nullptr);
+  unfinished.Feed("event: message\ndata: {\"text\":\"no blank line yet\"}\n");
+  EXPECT_FALSE(unfinished.finished());
+}
+
+// ---- The streamed local API (HandleLocal) ----
+
+using nlohmann::json;
+using parley::testing::WaitFor;
+
+// The router's side: records what arrives and answers intake as told.
+class RecordingSink final : public InboundSink {
+ public:
+  void OnInbound(InboundMessage message, IntakeOptions,
+                 std::function<void(IntakeResult)> accepted) override {
+    IntakeResult result;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      messages_.push_back(message);
+      result = next_result_;
+    }
+    accepted(result);
+  }
+  void AnswerNextWith(IntakeResult result) {
+    std::lock_guard<std::mutex> lock(mu_);
+    next_result_ = std::move(result);
+  }
+  size_t count() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return messages_.size();
+  }
+  InboundMessage message(size_t i) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return messages_.at(i);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<InboundMessage> messages_;
+  IntakeResult next_result_;
+};
+
+// What a client of the local API saw: the response head and the decoded stream, observable
+// while the request is still running. Thread-safe.
+struct ClientView {
+  std::mutex mu;
+  int status = 0;
+  std::string content_type;
+  std::string raw;  // the whole body so far
+  std::vector<std::string> partials;
+  std::optional<OutboundMessage> reply;
+  std::string error;
+
+  std::vector<std::string> Partials() {
+    std::lock_guard<std::mutex> lock(mu);
+    return partials;
+  }
+  std::string Raw() {
+    std::lock_guard<std::mutex> lock(mu);
+    return raw;
+  }
+};
+
+class LocalStreamTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    adapter_ = std::make_unique<ConsoleAdapter>(control_, "tester");
+    ASSERT_TRUE(adapter_->Start(sink_).ok());
+    server_ = std::make_unique<net::HttpServer>(
+        io_.io, net::HttpServerOptions{},
+        [adapter = adapter_.get()](net::HttpRequest req, net::Responder respond) {
+          if (!adapter->HandleLocal(req, respond)) {
+            respond(adapters::JsonError(404, "not_found", "no such path"));
+          }
+        });
+    socket_ = dir_.Sub("parley.sock");
+    ASSERT_TRUE(server_->ListenUnix(socket_).ok());
+  }
+  void TearDown() override {
+    if (server_) server_->Stop();
+  }
+
+  // Starts POST /v1/local/ask in the background, feeding the body to a StreamedReplyReader
+  // when it is an event stream. abort_after_partials > 0: hang up after that many partials.
+  std::future<Result<net::ClientResponse>> Ask(json body, bool accept_stream,
+                                               std::shared_ptr<ClientView> view,
+                                               size_t abort_after_partials = 0) {
+    net::ClientRequest r;
+    r.method = "POST";
+    r.url = "http://localhost/v1/local/ask";
+    r.unix_socket_path = socket_;
+    r.body = body.dump();
+    r.timeout_ms = 10'000;
+    r.headers.emplace_back("Content-Type", "application/json");
+    if (accept_stream) r.headers.emplace_back("Accept", "text/event-stream");
+    auto reader = std::make_shared<adapters::StreamedReplyReader>(
+        [view](const OutboundMessage& p) { view->partials.push_back(p.text); });  // under view->mu
+    r.on_headers = [view](int status, const net::Headers& headers) {
+      std::lock_guard<std::mutex> lock(view->mu);
+      view->status = status;
+      view->content_type = net::FindHeader(headers, "content-type");
+      return true;
+    };
+    r.on_body = [view, reader, abort_after_partials](std::string_view bytes) {
+      std::lock_guard<std::mutex> lock(view->mu);
+      view->raw.append(bytes);
+      if (view->content_type.rfind("text/event-stream", 0) != 0) return true;
+      reader->Feed(bytes);
+      view->reply = reader->reply();
+      view->error = reader->error();
+      return abort_after_partials == 0 || view->partials.size() < abort_after_partials;
+    };
+    return std::async(std::launch::async,
+                      [r]() mutable { return net::BlockingRequest(std::move(r)); });
+  }
+
+  // The reply the engine would produce for sink message i.
+  OutboundMessage ReplyTo(size_t i, const std::string& text) {
+    InboundMessage in = sink_.message(i);
+    OutboundMessage out;
+    out.id = "reply-" + in.event_id;
+    out.conversation = in.conversation();
+    out.text = text;
+    out.in_reply_to = in.event_id;
+    return out;
+  }
+
+  Status SendFinal(OutboundMessage message) {
+    std::promise<Status> delivered;
+    auto future = delivered.get_future();
+    adapter_->Send(std::move(message), [&delivered](Status s) { delivered.set_value(s); });
+    return future.get();  // Send's done runs before Send returns
+  }
+
+  testing::IoThreads io_{2};
+  testing::TempDir dir_;
+  NoControl control_;
+  RecordingSink sink_;
+  std::unique_ptr<ConsoleAdapter> adapter_;
+  std::unique_ptr<net::HttpServer> server_;
+  std::string socket_;
+};
+
+const json kQuestion = {{"text", "how do i install it?"}, {"conversation", "c1"}};
+
+TEST_F(LocalStreamTest, PartialsReachTheClientBeforeTheReply) {
+  auto view = std::make_shared<ClientView>();
+  auto response = Ask(kQuestion, /*accept_stream=*/true, view);
+  ASSERT_TRUE(WaitFor([&] { return sink_.count() == 1; }));
+  EXPECT_EQ(sink_.message(0).channel, "c1");
+  EXPECT_EQ(sink_.message(0).platform, "console");
+  EXPECT_EQ(adapter_->OpenStreams(), 1u);
+  // Each partial is on the client's screen before the next is written: the answer streams.
+  adapter_->SendPartial(ReplyTo(0, "Run"));
+  ASSERT_TRUE(WaitFor([&] { return view->Partials().size() == 1; })) << view->Raw();
+  adapter_->SendPartial(ReplyTo(0, "Run apt"));
+  ASSERT_TRUE(WaitFor([&] { return view->Partials().size() == 2; })) << view->Raw();
+  adapter_->SendPartial(ReplyTo(0, "Run apt install"));
+  ASSERT_TRUE(WaitFor([&] { return view->Partials().size() == 3; })) << view->Raw();
+  OutboundMessage final_reply = ReplyTo(0, "Run apt install gizmo [1].");
+  final_reply.citations.push_back(Citation{"Install", "install.md", "Install > Linux", ""});
+  EXPECT_TRUE(SendFinal(final_reply).ok());
+
+  auto result = response.get();
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->status, 200);
+  std::lock_guard<std::mutex> lock(view->mu);
+  EXPECT_EQ(view->content_type.rfind("text/event-stream", 0), 0u);
+  EXPECT_EQ(view->partials, (std::vector<std::string>{"Run", "Run apt", "Run apt install"}));
+  ASSERT_TRUE(view->reply.has_value()) << view->raw;
+  EXPECT_EQ(view->reply->text, "Run apt install gizmo [1].");
+  EXPECT_EQ(view->reply->citations, final_reply.citations);
+  // The "message" event carries exactly the body of the non-streaming answer.
+  const std::string message_event = adapters::SseEvent("message", adapters::ReplyJson(final_reply));
+  EXPECT_EQ(view->raw.size() - view->raw.rfind(message_event), message_event.size()) << view->raw;
+  EXPECT_EQ(adapter_->OpenStreams(), 0u);
+}
+
+TEST_F(LocalStreamTest, StreamFieldInTheBodyAlsoStreams) {
+  auto view = std::make_shared<ClientView>();
+  json body = kQuestion;
+  body["stream"] = true;
+  auto response = Ask(body, /*accept_stream=*/false, view);
+  ASSERT_TRUE(WaitFor([&] { return sink_.count() == 1; }));
+  adapter_->SendPartial(ReplyTo(0, "Hello"));
+  adapter_->SendPartial(ReplyTo(0, "Help"));  // a rewrite
+  EXPECT_TRUE(SendFinal(ReplyTo(0, "Help me")).ok());
+  auto result = response.get();
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  std::lock_guard<std::mutex> lock(view->mu);
+  EXPECT_EQ(view->partials, (std::vector<std::string>{"Hello", "Help"}));
+  EXPECT_NE(view->raw.find("event: replace\n"), std::string::npos) << view->raw;
+  ASSERT_TRUE(view->reply.has_value()) << view->raw;
+  EXPECT_EQ(view->reply->text, "Help me");
+}
+
+TEST_F(LocalStreamTest, WithoutStreamingTheAnswerIsTheReplyJsonAsBefore) {
+  for (json body : {kQuestion, json{{"text", "q"}, {"stream", false}}}) {
+    const size_t n = sink_.count();
+    auto view = std::make_shared<ClientView>();
+    auto response = Ask(body, /*accept_stream=*/false, view);
+    ASSERT_TRUE(WaitFor([&] { return sink_.count() == n + 1; }));
+    EXPECT_EQ(adapter_->OpenStreams(), 0u);
+    adapter_->SendPartial(ReplyTo(n, "ignored draft"));
+    OutboundMessage final_reply = ReplyTo(n, "The answer.");
+    final_reply.citations.push_back(Citation{"Install", "install.md", "Install", ""});
+    EXPECT_TRUE(SendFinal(final_reply).ok());
+    auto result = response.get();
+    ASSERT_TRUE(result.ok()) << result.status().ToString();
+    EXPECT_EQ(result->status, 200);
+    std::lock_guard<std::mutex> lock(view->mu);
+    EXPECT_EQ(view->content_type, "application/json");
+    EXPECT_EQ(json::parse(view->raw, nullptr, false), adapters::ReplyJson(final_reply))
+        << view->raw;
+  }
+}
+
+TEST_F(LocalStreamTest, RefusedTurnIsAJsonErrorNotAStream) {
+  IntakeResult limited;
+  limited.status = Status::ResourceExhausted("slow down");
+  limited.retry_after_ms = 3000;
+  sink_.AnswerNextWith(limited);
+  auto view = std::make_shared<ClientView>();
+  auto result = Ask(kQuestion, /*accept_stream=*/true, view).get();
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->status, 429);
+  std::lock_guard<std::mutex> lock(view->mu);
+  EXPECT_EQ(view->content_type, "application/json");
+  EXPECT_EQ(json::parse(view->raw, nullptr, false).value("error", ""), "rate_limited");
+  EXPECT_EQ(adapter_->OpenStreams(), 0u);
+}
+
+TEST_F(LocalStreamTest, BadStreamFieldIsRefused) {
+  auto view = std::make_shared<ClientView>();
+  json body = kQuestion;
+  body["stream"] = "yes";
+  auto result = Ask(body, /*accept_stream=*/true, view).get();
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->status, 422);
+  json wrong_user = kQuestion;
+  wrong_user["user"] = 5;
+  result = Ask(wrong_user, /*accept_stream=*/true, view).get();
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->status, 422);
+  EXPECT_EQ(sink_.count(), 0u);
+}
+
+TEST_F(LocalStreamTest, ClientHangingUpMidStreamLeavesTheAdapterHealthy) {
+  auto view = std::make_shared<ClientView>();
+  auto response = Ask(kQuestion, /*accept_stream=*/true, view, /*abort_after_partials=*/1);
+  ASSERT_TRUE(WaitFor([&] { return sink_.count() == 1; }));
+  adapter_->SendPartial(ReplyTo(0, "Half"));
+  auto aborted = response.get();
+  EXPECT_FALSE(aborted.ok());  // the client hung up
+  // The server notices and drops the stream; the turn goes on and its output goes nowhere.
+  ASSERT_TRUE(WaitFor([&] { return server_->InFlight() == 0; }));
+  adapter_->SendPartial(ReplyTo(0, "Half an answer"));
+  Status delivered = SendFinal(ReplyTo(0, "Half an answer, whole."));
+  EXPECT_EQ(delivered.code(), Status::Code::kUnavailable) << delivered.ToString();
+  EXPECT_EQ(adapter_->OpenStreams(), 0u);
+
+  // The next request is answered normally.
+  auto next_view = std::make_shared<ClientView>();
+  auto next = Ask(kQuestion, /*accept_stream=*/true, next_view);
+  ASSERT_TRUE(WaitFor([&] { return sink_.count() == 2; }));
+  adapter_->SendPartial(ReplyTo(1, "Again"));
+  EXPECT_TRUE(SendFinal(ReplyTo(1, "Again, fine.")).ok());
+  auto result = next.get();
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  std::lock_guard<std::mutex> lock(next_view->mu);
+  ASSERT_TRUE(next_view->reply.has_value()) << next_view->raw;
+  EXPECT_EQ(next_view->reply->text, "Again, fine.");
+}
+
+TEST_F(LocalStreamTest, StopEndsOpenStreamsWithAnErrorEvent) {
+  auto view = std::make_shared<ClientView>();
+  auto response = Ask(kQuestion, /*accept_stream=*/true, view);
+  ASSERT_TRUE(WaitFor([&] { return sink_.count() == 1; }));
+  adapter_->SendPartial(ReplyTo(0, "Half"));
+  ASSERT_TRUE(WaitFor([&] { return view->Partials().size() == 1; }));
+  bool stopped = false;
+  adapter_->Stop([&] { stopped = true; });
+  EXPECT_TRUE(stopped);
+  auto result = response.get();
+  ASSERT_TRUE(result.ok()) << result.status().ToString();  // a well-ended stream
+  {
+    std::lock_guard<std::mutex> lock(view->mu);
+    EXPECT_FALSE(view->reply.has_value());
+    EXPECT_EQ(view->error, "shutting down before the reply was ready");
+  }
+  // The reply that comes late finds nobody; new requests are refused.
+  EXPECT_EQ(SendFinal(ReplyTo(0, "Too late")).code(), Status::Code::kNotFound);
+  auto refused = Ask(kQuestion, /*accept_stream=*/true, std::make_shared<ClientView>()).get();
+  ASSERT_TRUE(refused.ok());
+  EXPECT_EQ(refused->status, 503);
 }
 
 }  // namespace
