@@ -1,7 +1,10 @@
 #include "app/runtime.h"
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <future>
+#include <memory>
 
 #include <boost/asio/post.hpp>
 
@@ -178,6 +181,16 @@ void Runtime::StartThreads(int n) {
 }
 
 void Runtime::StopThreads() {
+  if (http != nullptr && !threads_.empty()) {
+    // Requests still waiting on the network (an LLM call a turn gave up on, a delivery) end now,
+    // while the io threads can still run their callbacks: nothing is left holding memory.
+    auto stopped = std::make_shared<std::promise<void>>();
+    std::future<void> waited = stopped->get_future();
+    http->Shutdown([stopped] { stopped->set_value(); });
+    if (waited.wait_for(std::chrono::seconds(2)) != std::future_status::ready) {
+      spdlog::warn("shutdown.http_client_slow");
+    }
+  }
   guard_.reset();
   io.stop();
   for (std::thread& t : threads_) {

@@ -1,5 +1,7 @@
 // `parley serve`: the daemon.
 
+#include <malloc.h>
+
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -21,6 +23,7 @@
 #include "app/commands.h"
 #include "app/logging.h"
 #include "app/runtime.h"
+#include "core/clock.h"
 #include "core/ids.h"
 #include "net/http.h"
 #include "tools/audit.h"
@@ -59,6 +62,28 @@ void ScheduleSweep(Runtime& rt, std::shared_ptr<boost::asio::steady_timer> timer
                    turns.ok() ? *turns : 0, marks.ok() ? *marks : 0, audit);
     });
     ScheduleSweep(rt, timer);
+  });
+}
+
+// Every 10 s: after a burst (thousands of turns waiting on a slow model at once) glibc keeps the
+// freed pages, so the daemon's RSS stays at its peak. Give them back to the system once a large
+// share of the heap is free. malloc_trim briefly locks each arena, so it runs only then, and on
+// the work pool.
+void ScheduleTrim(Runtime& rt, std::shared_ptr<boost::asio::steady_timer> timer) {
+  timer->expires_after(std::chrono::seconds(10));
+  timer->async_wait([&rt, timer](boost::system::error_code ec) {
+    if (ec) return;
+    boost::asio::post(rt.work, [] {
+      constexpr size_t kMinFree = 32u << 20;
+      const struct mallinfo2 info = mallinfo2();
+      const size_t free_bytes = info.fordblks;
+      if (free_bytes < kMinFree || free_bytes < info.uordblks) return;
+      const int64_t t0 = MonotonicNanos();
+      malloc_trim(0);
+      spdlog::debug("memory.trimmed free_mib={} in_use_mib={} ms={:.1f}", free_bytes >> 20,
+                    info.uordblks >> 20, static_cast<double>(MonotonicNanos() - t0) / 1e6);
+    });
+    ScheduleTrim(rt, timer);
   });
 }
 
@@ -265,6 +290,8 @@ int Serve(const config::Config& config) {
 
   auto sweep = std::make_shared<boost::asio::steady_timer>(rt.io);
   ScheduleSweep(rt, sweep);
+  auto trim = std::make_shared<boost::asio::steady_timer>(rt.io);
+  ScheduleTrim(rt, trim);
 
   // SIGTERM/SIGINT: stop accepting, finish turns in flight, flush, exit 0.
   std::promise<void> finished;
@@ -284,6 +311,7 @@ int Serve(const config::Config& config) {
     admin_server.Stop();
     local_server.Stop();
     sweep->cancel();
+    trim->cancel();
     deadline->expires_after(std::chrono::seconds(10));
     deadline->async_wait([&](boost::system::error_code e) {
       if (e) return;

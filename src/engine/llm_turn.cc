@@ -136,24 +136,33 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
     const size_t max_sources =
         std::max<size_t>(static_cast<size_t>(deps_.llm.max_sources),
                          static_cast<size_t>(options.max_passages));
-    auto passages = engine_.Retrieve(message_, history, max_sources);
+    // The two latest earlier questions: the retrieval context, kept for a fallback's retrieval.
+    int questions = 0;
+    for (auto it = history.rbegin(); it != history.rend() && questions < 2; ++it) {
+      if (it->role != "user") continue;
+      retrieval_context_.insert(retrieval_context_.begin(), *it);
+      ++questions;
+    }
+    auto passages = engine_.Retrieve(message_, retrieval_context_, max_sources);
     if (!passages.ok()) return Error("retrieval", passages.status());
-    passages_ = std::move(passages).value();
 
     llm::PromptInput input;
     input.system_prompt = deps_.llm.system_prompt;
     input.summary = summary_text_;
     for (const store::Turn& turn : history) input.history.push_back({turn.role, turn.text});
-    for (size_t i = 0; i < passages_.size() && i < static_cast<size_t>(deps_.llm.max_sources);
+    for (size_t i = 0; i < passages->size() && i < static_cast<size_t>(deps_.llm.max_sources);
          ++i) {
-      input.sources.push_back({passages_[i].chunk.ToCitation(), passages_[i].chunk.text});
+      input.sources.push_back({(*passages)[i].chunk.ToCitation(), (*passages)[i].chunk.text});
     }
     input.question = message_.text;
     input.context_tokens = deps_.llm.context_tokens;
     prompt_ = llm::BuildPrompt(input);
     source_confidence_.clear();
     for (size_t i = 0; i < prompt_.sources.size(); ++i) {
-      source_confidence_.push_back(passages_[i].confidence);
+      source_confidence_.push_back((*passages)[i].confidence);
+      // Only the citation is needed from here on: the text is in the prompt's messages. With
+      // thousands of turns waiting on the model, per-turn copies are what the memory is made of.
+      std::string().swap(prompt_.sources[i].text);
     }
 
     // A tool call that waited for this user's confirmation.
@@ -222,7 +231,7 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
     }
     round_text_.clear();
     auto self = shared_from_this();
-    deps_.client->Complete(
+    call_ = deps_.client->Complete(
         std::move(request), [self](std::string_view delta) { self->OnDelta(delta); },
         [self](Result<llm::ChatResult> result) { self->OnModelDone(std::move(result)); });
   }
@@ -351,7 +360,7 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
     }
     if (cited.empty()) {
       if (deps_.llm.unsupported == "replace") {
-        parley::engine::Answer extractive = engine_.Extractive(message_.text, passages_);
+        parley::engine::Answer extractive = ExtractiveAnswer();
         return Output(extractive.text, extractive.citations, extractive.confidence,
                       extractive.answered ? "answered" : "no_answer");
       }
@@ -367,9 +376,22 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
         .GetCounter("parley_llm_fallbacks_total",
                     "Turns answered extractively because the LLM could not answer")
         .Add();
-    parley::engine::Answer extractive = engine_.Extractive(message_.text, passages_);
+    parley::engine::Answer extractive = ExtractiveAnswer();
     return Output(std::string(kLlmFallbackNote) + "\n\n" + extractive.text,
                   extractive.citations, extractive.confidence, "fallback");
+  }
+
+  // The embedded responder's answer, over passages retrieved again (the turn does not keep them
+  // while it waits on the model).
+  parley::engine::Answer ExtractiveAnswer() {
+    auto passages = engine_.Retrieve(message_, retrieval_context_,
+                                     static_cast<size_t>(engine_.options().max_passages));
+    if (!passages.ok()) {
+      spdlog::error("turn.error turn={} conv={} stage=fallback_retrieval error=\"{}\"", turn_id_,
+                    reply_.conversation.Display(), passages.status().ToString());
+      return engine_.Extractive(message_.text, {});
+    }
+    return engine_.Extractive(message_.text, *passages);
   }
 
   std::optional<TurnOutput> Error(const char* stage, const Status& status) {
@@ -405,11 +427,16 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
       auto self = weak.lock();
       if (!self) return;
       std::optional<TurnOutput> out;
+      std::shared_ptr<llm::LlmCall> abandoned;
       {
         std::lock_guard<std::mutex> lock(self->mu_);
         if (self->finished_) return;
         out = self->Fallback("turn time limit");
+        abandoned = std::move(self->call_);
       }
+      // Outside mu_: the call's callbacks take its lock, then ours. Tool calls still running
+      // finish on their own (each has its own timeout); their results are dropped.
+      if (abandoned) abandoned->Cancel();
       self->Complete(std::move(*out));
     });
   }
@@ -424,6 +451,7 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
       done = std::move(done_);
       done_ = nullptr;
       timer_.cancel();
+      call_.reset();
     }
     if (done) done(std::move(out));
   }
@@ -442,9 +470,10 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
   tools::ToolContext context_;
   store::WriteBatch writes_;  // summary and confirmation state, then memory
   std::string summary_text_;
-  std::vector<knowledge::Passage> passages_;
-  llm::Prompt prompt_;
+  std::vector<store::Turn> retrieval_context_;  // earlier questions for retrieval
+  llm::Prompt prompt_;  // sources without their text (it is in the messages)
   std::vector<double> source_confidence_;
+  std::shared_ptr<llm::LlmCall> call_;  // the latest model call
   std::vector<llm::ChatMessage> exchange_;  // tool rounds after the prompt
   int round_ = 0;
   std::string streamed_prefix_;  // text of earlier rounds

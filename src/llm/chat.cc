@@ -199,7 +199,11 @@ std::string BuildRequestBody(const ChatRequest& request, const BodyOptions& opti
     body["stream"] = true;
     body["stream_options"] = {{"include_usage", true}};
   }
-  return body.dump(-1, ' ', false, json::error_handler_t::replace);
+  std::string out = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  // dump() grows the string by doubling; the body lives as long as its call (retries reuse it),
+  // so give back the slack.
+  out.shrink_to_fit();
+  return out;
 }
 
 Result<ChatResult> ParseCompletion(std::string_view body) {

@@ -142,9 +142,10 @@ struct Core {
     return true;
   }
 
-  void Record(const Status& status, bool trial) {
+  void Record(const Status& status, bool trial, bool cancelled) {
     std::lock_guard<std::mutex> lock(breaker_mu);
     if (trial) trial_in_flight = false;
+    if (cancelled) return;  // says nothing about the endpoint
     if (!BreakerFailure(status)) {
       consecutive_failures = 0;
       if (open) {
@@ -193,7 +194,7 @@ struct Attempt {
   Status stream_error;  // set when the stream itself failed (parse error, in-band error)
 };
 
-class Call : public std::enable_shared_from_this<Call> {
+class Call final : public LlmCall, public std::enable_shared_from_this<Call> {
  public:
   Call(std::shared_ptr<Core> core, ChatRequest request, DeltaCallback on_delta,
        DoneCallback on_done, bool trial)
@@ -218,6 +219,13 @@ class Call : public std::enable_shared_from_this<Call> {
   void Start() {
     std::lock_guard<std::mutex> lock(mu_);
     StartAttemptLocked();
+  }
+
+  void Cancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;
+    cancelled_ = true;
+    FinishLocked(Status::Unavailable("cancelled"));
   }
 
  private:
@@ -458,9 +466,9 @@ class Call : public std::enable_shared_from_this<Call> {
     backoff_timer_.cancel();
     if (attempt_ != nullptr && !attempt_->ended) EndAttemptLocked(*attempt_);
     const Status status = result.ok() ? Status::Ok() : result.status();
-    core_->Record(status, trial_);
+    core_->Record(status, trial_, cancelled_);
     Metrics& m = core_->metrics;
-    m.Requests(ResultLabel(status)).Add();
+    m.Requests(cancelled_ ? "cancelled" : ResultLabel(status)).Add();
     m.seconds.ObserveNanos(
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start_).count());
     const int64_t ms =
@@ -475,6 +483,8 @@ class Call : public std::enable_shared_from_this<Call> {
                    "completion_tokens={}",
                    attempts_, ms, result->finish_reason, result->tool_calls.size(),
                    u.prompt_tokens, u.completion_tokens);
+    } else if (cancelled_) {
+      spdlog::info("llm.cancelled attempts={} ms={}", attempts_, ms);
     } else {
       spdlog::warn("llm.failed attempts={} ms={} status=\"{}\"", attempts_, ms,
                    status.ToString());
@@ -505,13 +515,21 @@ class Call : public std::enable_shared_from_this<Call> {
   int attempts_ = 0;
   bool delta_sent_ = false;
   bool finished_ = false;
+  bool cancelled_ = false;
+};
+
+// The handle of a call that never started (circuit open).
+class NoCall final : public LlmCall {
+ public:
+  void Cancel() override {}
 };
 
 class OpenAiClient final : public LlmClient {
  public:
   explicit OpenAiClient(std::shared_ptr<Core> core) : core_(std::move(core)) {}
 
-  void Complete(ChatRequest request, DeltaCallback on_delta, DoneCallback on_done) override {
+  std::shared_ptr<LlmCall> Complete(ChatRequest request, DeltaCallback on_delta,
+                                    DoneCallback on_done) override {
     bool trial = false;
     if (!core_->Admit(&trial)) {
       core_->metrics.Requests("circuit_open").Add();
@@ -522,11 +540,12 @@ class OpenAiClient final : public LlmClient {
         } catch (...) {
         }
       });
-      return;
+      return std::make_shared<NoCall>();
     }
     auto call = std::make_shared<Call>(core_, std::move(request), std::move(on_delta),
                                        std::move(on_done), trial);
     call->Start();
+    return call;
   }
 
  private:

@@ -43,16 +43,30 @@ struct LlmOptions {
 using DeltaCallback = std::function<void(std::string_view text)>;
 using DoneCallback = std::function<void(Result<ChatResult>)>;
 
+// One call in flight. Thread-safety: Cancel is thread-safe and may be called any number of times.
+class LlmCall {
+ public:
+  virtual ~LlmCall() = default;
+  // Abandons the call: no further on_delta; on_done gets Unavailable("cancelled") unless it ran
+  // already; the HTTP transfer is aborted and its connection closed. A cancel counts as neither
+  // a success nor a failure for the circuit breaker. Must not be called from inside the call's
+  // own on_delta (it would deadlock); from on_done or any other code it is fine.
+  virtual void Cancel() = 0;
+};
+
 // Errors reported to on_done: Unavailable (transport, 5xx after retries, circuit open: message
 // "circuit open"), ResourceExhausted (429 after retries), DeadlineExceeded (a timeout),
 // PermissionDenied (401/403), InvalidArgument (400, or a response that is not a completion),
-// Corruption (malformed or truncated stream: no [DONE] and no finish_reason).
+// Corruption (malformed or truncated stream: no [DONE] and no finish_reason), Unavailable
+// ("cancelled") after LlmCall::Cancel.
 class LlmClient {
  public:
   virtual ~LlmClient() = default;
   // Streams when request.stream is true (text pieces go to on_delta as they arrive), otherwise
   // one request whose content is passed to on_delta once before on_done.
-  virtual void Complete(ChatRequest request, DeltaCallback on_delta, DoneCallback on_done) = 0;
+  // The returned handle may be dropped; the call runs on without it.
+  virtual std::shared_ptr<LlmCall> Complete(ChatRequest request, DeltaCallback on_delta,
+                                            DoneCallback on_done) = 0;
 };
 
 // Metrics: parley_llm_requests_total{result}, parley_llm_retries_total,

@@ -88,6 +88,7 @@ std::string UserBlock(const std::string& summary, const std::vector<PromptSource
   if (sources.empty()) out += "(no relevant passages were found)\n";
   for (size_t i = 0; i < sources.size(); ++i) out += SourceBlock(i + 1, sources[i]);
   out += "</sources>\n\n<question>\n" + Defuse(question) + "\n</question>";
+  out.shrink_to_fit();  // kept for the whole turn: no slack from the appends
   return out;
 }
 

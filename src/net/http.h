@@ -196,13 +196,21 @@ class HttpClient {
   // the response exceeds max_response_bytes. The callback runs once, on an io thread, never
   // inside Request() itself (it is lost only if the io_context stops for good first).
   virtual void Request(ClientRequest request, ClientCallback callback) = 0;
+  // Fails every unfinished request with Unavailable("client shut down") and closes every
+  // connection; later requests fail the same way. Asynchronous: `done` (may be empty) runs on an
+  // io thread once that has happened. Call it before the io_context stops for good, so that no
+  // request (and nothing its callback holds) is left behind.
+  virtual void Shutdown(std::function<void()> done) {
+    if (done) done();
+  }
 };
 
 // libcurl multi interface on the io_context (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION),
 // with connection reuse.
 // Lifetime: may be destroyed with requests in flight, from any thread (including inside one of
-// its callbacks). Their callbacks then get Unavailable("client shut down") on an io thread; if
-// the io_context stops running before that happens, they are destroyed without being called.
+// its callbacks). Their callbacks then get Unavailable("client shut down") on an io thread (as
+// after Shutdown); if the io_context stops running before that happens, they are destroyed
+// without being called.
 // Destroy the client before its io_context.
 std::shared_ptr<HttpClient> MakeCurlHttpClient(boost::asio::io_context& io);
 

@@ -169,9 +169,12 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
 
   // Any thread. Fails unfinished requests with Unavailable("client shut down") and closes every
   // connection, on the strand.
-  void ShutdownAsync() {
+  void ShutdownAsync(std::function<void()> done = nullptr) {
     try {
-      asio::post(strand_, [self = shared_from_this()] { self->Shutdown(); });
+      asio::post(strand_, [self = shared_from_this(), done = std::move(done)] {
+        self->Shutdown();
+        if (done) done();
+      });
     } catch (...) {
       // Allocation failure: the destructor cleans up when the last handler lets go.
     }
@@ -738,6 +741,8 @@ class CurlHttpClient final : public HttpClient {
   void Request(ClientRequest request, ClientCallback callback) override {
     core_->Submit(std::move(request), std::move(callback));
   }
+
+  void Shutdown(std::function<void()> done) override { core_->ShutdownAsync(std::move(done)); }
 
  private:
   std::shared_ptr<CurlCore> core_;

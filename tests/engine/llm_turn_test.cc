@@ -21,6 +21,7 @@
 #include "net/http.h"
 #include "store/keys.h"
 #include "tests/fakes/llm/llm_server.h"
+#include "tests/support/io_threads.h"
 #include "tests/support/temp_dir.h"
 #include "tools/audit.h"
 #include "tools/builtin.h"
@@ -415,16 +416,14 @@ TEST_F(LlmTurnTest, TurnTimeLimitFallsBack) {
   server_.Push(slow);
   OutboundMessage answer = Ask("c1", "When are refunds paid?");
   EXPECT_EQ(answer.text.rfind(kLlmFallbackNote, 0), 0u) << answer.text;
-  // The abandoned model call still completes in the background (and is dropped): wait for it,
-  // so that nothing is in flight when the io threads stop.
-  Counter& done = metrics_.GetCounter("parley_llm_requests_total", "LLM calls by outcome",
-                                      "result=\"ok\"");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (done.value() == 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(done.value(), 1u);
-  EXPECT_EQ(sink_.replies().size(), 1u);  // the late answer changed nothing
+  // The abandoned model call is cancelled, not left running until the model answers.
+  Counter& cancelled = metrics_.GetCounter("parley_llm_requests_total", "LLM calls by outcome",
+                                           "result=\"cancelled\"");
+  Counter& ok = metrics_.GetCounter("parley_llm_requests_total", "LLM calls by outcome",
+                                    "result=\"ok\"");
+  EXPECT_TRUE(parley::testing::WaitFor([&] { return cancelled.value() == 1; }));
+  EXPECT_EQ(ok.value(), 0u);
+  EXPECT_EQ(sink_.replies().size(), 1u);
 }
 
 TEST_F(LlmTurnTest, ToolRoundsAreBounded) {

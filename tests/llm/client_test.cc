@@ -551,5 +551,55 @@ TEST_F(LlmClientTest, BreakerOpensFailsFastAndHalfOpensAfterTheCooldown) {
   EXPECT_EQ(server_.RequestCount(), 5u);
 }
 
+
+TEST_F(LlmClientTest, CancelEndsTheCallAtOnceAndDoesNotTripTheBreaker) {
+  LlmOptions o = Options();
+  o.breaker_failures = 1;  // one counted failure would open the breaker
+  o.first_token_timeout_ms = 20'000;
+  o.total_timeout_ms = 30'000;
+  auto client = Client(o);
+  LlmReply slow = Text("far too late");
+  slow.delay_ms = 6'000;
+  server_.Push(slow);
+  auto seen = std::make_shared<Observed>();
+  std::shared_ptr<LlmCall> call = client->Complete(
+      UserRequest("slow"),
+      [seen](std::string_view text) {
+        std::lock_guard<std::mutex> lock(seen->mu);
+        seen->deltas.emplace_back(text);
+      },
+      [seen](Result<ChatResult> r) {
+        std::lock_guard<std::mutex> lock(seen->mu);
+        ++seen->done_calls;
+        if (!seen->result) seen->result.emplace(std::move(r));
+      });
+  ASSERT_TRUE(server_.WaitForRequests(1, 5'000));
+  const auto cancelled_at = Clock::now();
+  call->Cancel();
+  call->Cancel();  // twice is harmless
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(seen->mu);
+    return seen->result.has_value();
+  }));
+  EXPECT_LT(Clock::now() - cancelled_at, milliseconds(3'000));  // not the model's 6 s
+  {
+    std::lock_guard<std::mutex> lock(seen->mu);
+    ASSERT_FALSE(seen->result->ok());
+    EXPECT_EQ(seen->result->status().message(), "cancelled");
+    EXPECT_TRUE(seen->deltas.empty());
+    EXPECT_EQ(seen->done_calls, 1);
+  }
+  EXPECT_NE(Metrics().find("parley_llm_requests_total{result=\"cancelled\"} 1"),
+            std::string::npos)
+      << Metrics();
+  EXPECT_NE(Metrics().find("parley_llm_breaker_open 0"), std::string::npos);
+  // The breaker stayed closed: the next call goes to the server and succeeds.
+  server_.Push(Text("fine"));
+  CallOutcome next = Run(*client, UserRequest("next"));
+  ASSERT_TRUE(next.result.ok()) << next.result.status().ToString();
+  EXPECT_EQ(next.text(), "fine");
+  call->Cancel();  // after the end: nothing happens
+}
+
 }  // namespace
 }  // namespace parley::llm
