@@ -316,10 +316,12 @@ int Serve(const config::Config& config) {
     deadline->async_wait([&](boost::system::error_code e) {
       if (e) return;
       spdlog::warn("shutdown.deadline in_flight={}", rt.router->InFlight());
+      console.Stop(nullptr);
       finish();
     });
     rt.router->Shutdown([&] {
       if (hook) hook->Stop(nullptr);
+      console.Stop(nullptr);  // streamed local asks still open end with an "error" event
       auto drained = [&] {
         spdlog::info("shutdown.drained");
         finish();
