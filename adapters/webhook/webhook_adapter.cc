@@ -1,12 +1,12 @@
 #include "adapters/webhook/webhook_adapter.h"
 
-#include <boost/algorithm/string/predicate.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "adapters/common/http_json.h"
+#include "adapters/common/reply_stream.h"
 #include "core/ids.h"
 #include "net/backoff.h"
 #include "net/crypto.h"
@@ -66,41 +66,7 @@ bool QueryAsksForStream(const std::string& query) {
 
 // True when the request asks for a streamed answer (query flag or Accept header).
 bool WantsStream(const net::HttpRequest& request) {
-  return QueryAsksForStream(request.query) ||
-         boost::algorithm::icontains(net::FindHeader(request.headers, "accept"),
-                                     "text/event-stream");
-}
-
-// Length of the longest prefix of text that does not end inside a UTF-8 sequence, so that a
-// delta never splits a character (the rest follows with the next partial).
-size_t CompleteUtf8Prefix(const std::string& text) {
-  size_t n = text.size();
-  // Walk back over at most 3 continuation bytes to the lead byte of the last sequence.
-  size_t i = n;
-  int continuation = 0;
-  while (i > 0 && continuation < 4 && (static_cast<unsigned char>(text[i - 1]) & 0xC0) == 0x80) {
-    --i;
-    ++continuation;
-  }
-  if (i == 0) return n;  // no lead byte: not UTF-8 we can judge; send as is
-  const unsigned char lead = static_cast<unsigned char>(text[i - 1]);
-  size_t need = 1;
-  if ((lead & 0xE0) == 0xC0) {
-    need = 2;
-  } else if ((lead & 0xF0) == 0xE0) {
-    need = 3;
-  } else if ((lead & 0xF8) == 0xF0) {
-    need = 4;
-  }
-  const size_t have = static_cast<size_t>(continuation) + 1;
-  return have < need ? i - 1 : n;
-}
-
-// One server-sent event; JSON dumps never contain raw newlines, so data is one line. Invalid
-// UTF-8 is replaced rather than thrown on.
-std::string SseEvent(const char* event, const json& data) {
-  return std::string("event: ") + event +
-         "\ndata: " + data.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+  return QueryAsksForStream(request.query) || adapters::AcceptsEventStream(request);
 }
 
 // The turn id recorded with an outbox payload, for log lines; "-" when none.
@@ -111,102 +77,6 @@ std::string TurnOf(const std::string& payload) {
 }
 
 }  // namespace
-
-// The SSE answer of one synchronous request that asked for streaming. The response head goes
-// out when the turn is accepted (or at the first partial, if that comes first); until then the
-// request can still be refused with a normal JSON error.
-// Thread-safety: thread-safe (partials and the final reply may come from any thread).
-class WebhookAdapter::SseReply {
- public:
-  explicit SseReply(net::Responder respond) : respond_(std::move(respond)) {}
-
-  // Answers with a normal (error) response if the stream has not started; else ignored.
-  void Refuse(net::HttpResponse response) {
-    net::Responder respond;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (started_ || finished_) return;
-      finished_ = true;
-      respond = std::move(respond_);
-    }
-    if (respond) respond(std::move(response));
-  }
-
-  // Sends the 200 text/event-stream head.
-  void Start() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!finished_) StartLocked();
-  }
-
-  void Partial(const OutboundMessage& partial) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (finished_) return;
-    StartLocked();
-    const std::string& text = partial.text;
-    const size_t end = CompleteUtf8Prefix(text);  // a split character waits for the next one
-    if (text.size() >= sent_.size() && text.compare(0, sent_.size(), sent_) == 0) {
-      if (end <= sent_.size()) return;  // nothing new (yet)
-      const std::string delta = text.substr(sent_.size(), end - sent_.size());
-      stream_->Write(SseEvent("delta", json{{"id", partial.id}, {"text", delta}}));
-    } else {
-      // A rewrite: the client replaces what it has.
-      stream_->Write(SseEvent("replace", json{{"id", partial.id}, {"text", text.substr(0, end)}}));
-    }
-    sent_.assign(text, 0, end);
-  }
-
-  // Ends the answer without a reply (shutdown): a 503 JSON error if nothing was sent yet, else
-  // an "error" event {"error","message"} and the end of the stream.
-  void Abandon(const std::string& why) {
-    net::Responder respond;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (finished_) return;
-      finished_ = true;
-      if (started_) {
-        stream_->Write(SseEvent("error", json{{"error", "unavailable"}, {"message", why}}));
-        stream_->End();
-        return;
-      }
-      respond = std::move(respond_);
-    }
-    if (respond) respond(JsonError(503, "unavailable", why));
-  }
-
-  // Sends the reply as the "message" event and ends the stream. Ok when it was queued to a
-  // client still connected.
-  Status Final(const OutboundMessage& message) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (finished_) return Status::FailedPrecondition("the stream was already answered");
-    finished_ = true;
-    StartLocked();
-    const bool queued = stream_->Write(SseEvent("message", adapters::ReplyJson(message)));
-    stream_->End();
-    return queued ? Status::Ok() : Status::Unavailable("the client of this stream went away");
-  }
-
- private:
-  void StartLocked() {
-    if (started_) return;
-    started_ = true;
-    stream_ = net::ResponseStream::Create();
-    net::HttpResponse r;
-    r.content_type = "text/event-stream; charset=utf-8";
-    r.headers.emplace_back("Cache-Control", "no-cache");
-    r.headers.emplace_back("X-Accel-Buffering", "no");  // tell nginx-style proxies not to buffer
-    r.stream = stream_;
-    net::Responder respond = std::move(respond_);
-    respond_ = nullptr;
-    if (respond) respond(std::move(r));  // posts to the connection; does not re-enter us
-  }
-
-  std::mutex mu_;
-  net::Responder respond_;  // until the head or an error response is sent
-  std::shared_ptr<net::ResponseStream> stream_;
-  std::string sent_;  // the text the client has so far (deltas and replaces applied)
-  bool started_ = false;
-  bool finished_ = false;
-};
 
 std::string Sign(const std::string& secret, const std::string& timestamp, const std::string& body) {
   std::string data;
@@ -264,7 +134,7 @@ void WebhookAdapter::Stop(std::function<void()> done) {
   stopping_ = true;
   // Turns have been drained by now; a stream still open will get no reply: end it, so the
   // server (which does not cut streams at Stop) can close its connection.
-  std::unordered_map<std::string, std::shared_ptr<SseReply>> open;
+  std::unordered_map<std::string, std::shared_ptr<adapters::StreamedReply>> open;
   {
     std::lock_guard<std::mutex> lock(streams_mu_);
     open.swap(streams_);
@@ -373,11 +243,11 @@ void WebhookAdapter::HandleMessage(const net::HttpRequest& request, net::Respond
   const bool sync = reply_url.empty();
   const std::string event_id = m.event_id;
 
-  // A streamed answer: everything that would answer the request goes through the SseReply,
+  // A streamed answer: everything that would answer the request goes through the StreamedReply,
   // which passes error responses through until its 200 head is out.
-  std::shared_ptr<SseReply> sse;
+  std::shared_ptr<adapters::StreamedReply> sse;
   if (sync && WantsStream(request)) {
-    sse = std::make_shared<SseReply>(std::move(respond));
+    sse = std::make_shared<adapters::StreamedReply>(std::move(respond));
     respond = [sse](net::HttpResponse r) { sse->Refuse(std::move(r)); };
   }
   auto shared_respond = std::make_shared<net::Responder>(std::move(respond));
@@ -457,18 +327,18 @@ void WebhookAdapter::HandleForget(const net::HttpRequest& request, net::Responde
   }
 }
 
-std::shared_ptr<WebhookAdapter::SseReply> WebhookAdapter::TakeStream(const std::string& event_id) {
+std::shared_ptr<adapters::StreamedReply> WebhookAdapter::TakeStream(const std::string& event_id) {
   std::lock_guard<std::mutex> lock(streams_mu_);
   auto it = streams_.find(event_id);
   if (it == streams_.end()) return nullptr;
-  std::shared_ptr<SseReply> sse = std::move(it->second);
+  std::shared_ptr<adapters::StreamedReply> sse = std::move(it->second);
   streams_.erase(it);
   return sse;
 }
 
 void WebhookAdapter::SendPartial(const OutboundMessage& partial) {
   if (partial.in_reply_to.empty() || !partial.reply_route.empty()) return;
-  std::shared_ptr<SseReply> sse;
+  std::shared_ptr<adapters::StreamedReply> sse;
   {
     std::lock_guard<std::mutex> lock(streams_mu_);
     auto it = streams_.find(partial.in_reply_to);
@@ -481,9 +351,9 @@ void WebhookAdapter::SendPartial(const OutboundMessage& partial) {
 void WebhookAdapter::Send(OutboundMessage message, DeliveryCallback done) {
   // A request waiting on its connection gets the answer as its response.
   if (!message.in_reply_to.empty() && message.reply_route.empty()) {
-    if (std::shared_ptr<SseReply> sse = TakeStream(message.in_reply_to)) {
+    if (std::shared_ptr<adapters::StreamedReply> sse = TakeStream(message.in_reply_to)) {
       net::Responder parked;
-      pending_.Take(message.in_reply_to, parked);  // frees the id; the SseReply answers
+      pending_.Take(message.in_reply_to, parked);  // frees the id; the StreamedReply answers
       Status status = sse->Final(message);
       if (done) done(status);
       return;

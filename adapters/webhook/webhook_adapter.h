@@ -27,6 +27,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "adapters/common/pending_replies.h"
+#include "adapters/common/reply_stream.h"
 #include "config/config.h"
 #include "core/channel.h"
 #include "core/clock.h"
@@ -71,11 +72,9 @@ class WebhookAdapter final : public ChannelAdapter,
   bool Handle(const net::HttpRequest& request, net::Responder& respond);
 
  private:
-  class SseReply;  // one streamed answer; defined in the .cc
-
   void HandleMessage(const net::HttpRequest& request, net::Responder respond);
   // Removes and returns the stream waiting for event_id; null when none.
-  std::shared_ptr<SseReply> TakeStream(const std::string& event_id);
+  std::shared_ptr<adapters::StreamedReply> TakeStream(const std::string& event_id);
   void HandleForget(const net::HttpRequest& request, net::Responder respond);
   // Empty when authentic; else the error response to send.
   std::optional<net::HttpResponse> Authenticate(const net::HttpRequest& request) const;
@@ -98,7 +97,7 @@ class WebhookAdapter final : public ChannelAdapter,
   adapters::PendingReplies<net::Responder> pending_;
   std::mutex streams_mu_;  // guards streams_
   // Synchronous requests that asked for streaming, by event id; also parked in pending_.
-  std::unordered_map<std::string, std::shared_ptr<SseReply>> streams_;
+  std::unordered_map<std::string, std::shared_ptr<adapters::StreamedReply>> streams_;
   Counter& delivered_;
   Counter& delivery_failures_;
   Counter& bad_requests_;
