@@ -10,13 +10,15 @@ net::HttpResponse JsonError(int status, const std::string& code, const std::stri
 }
 
 nlohmann::json ReplyJson(const OutboundMessage& reply) {
-  return nlohmann::json{{"id", reply.id},
-                        {"conversation", reply.conversation.channel},
-                        {"thread", reply.conversation.thread},
-                        {"text", reply.text},
-                        {"citations", reply.citations},
-                        {"confidence", reply.confidence},
-                        {"escalated", reply.escalated}};
+  nlohmann::json j{{"id", reply.id},
+                    {"conversation", reply.conversation.channel},
+                    {"thread", reply.conversation.thread},
+                    {"text", reply.text},
+                    {"citations", reply.citations},
+                    {"confidence", reply.confidence},
+                    {"escalated", reply.escalated}};
+  if (reply.silent) j["silent"] = true;
+  return j;
 }
 
 Result<OutboundMessage> ReplyFromJson(const nlohmann::json& j) {
@@ -27,6 +29,7 @@ Result<OutboundMessage> ReplyFromJson(const nlohmann::json& j) {
     reply.conversation.channel = j.value("conversation", "");
     reply.conversation.thread = j.value("thread", "");
     reply.text = j.value("text", "");
+    reply.silent = j.value("silent", false);
     auto citations = j.find("citations");
     if (citations != j.end() && !citations->is_null()) {
       if (!citations->is_array()) return Status::InvalidArgument("citations is not an array");

@@ -349,6 +349,10 @@ void WebhookAdapter::SendPartial(const OutboundMessage& partial) {
 }
 
 void WebhookAdapter::Send(OutboundMessage message, DeliveryCallback done) {
+  if (message.silent && (message.in_reply_to.empty() || !message.reply_route.empty())) {
+    if (done) done(Status::Ok());  // nothing to show, and nobody waits on a connection
+    return;
+  }
   // A request waiting on its connection gets the answer as its response.
   if (!message.in_reply_to.empty() && message.reply_route.empty()) {
     if (std::shared_ptr<adapters::StreamedReply> sse = TakeStream(message.in_reply_to)) {
@@ -364,6 +368,8 @@ void WebhookAdapter::Send(OutboundMessage message, DeliveryCallback done) {
       r.body = adapters::ReplyJson(message).dump();
       respond(std::move(r));
       if (done) done(Status::Ok());
+    } else if (message.silent) {
+      if (done) done(Status::Ok());  // the request was answered already (e.g. by the desk)
     } else if (done) {
       done(Status::NotFound("the request waiting for this reply is gone"));
     }

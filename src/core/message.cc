@@ -90,6 +90,7 @@ void to_json(nlohmann::json& j, const OutboundMessage& m) {
                      {"in_reply_to", m.in_reply_to},
                      {"reply_route", m.reply_route},
                      {"turn_id", m.turn_id}};
+  if (m.silent) j["silent"] = true;
 }
 
 void from_json(const nlohmann::json& j, OutboundMessage& m) {
@@ -104,6 +105,7 @@ void from_json(const nlohmann::json& j, OutboundMessage& m) {
   m.in_reply_to = j.value("in_reply_to", "");
   m.reply_route = j.value("reply_route", "");
   m.turn_id = j.value("turn_id", "");
+  m.silent = j.value("silent", false);
 }
 
 }  // namespace parley

@@ -71,6 +71,11 @@ struct OutboundMessage {
   std::string in_reply_to;    // event_id of the InboundMessage this answers; empty if unsolicited
   std::string reply_route;    // copied from the InboundMessage
   std::string turn_id;
+  // Nothing to show: the turn was dealt with without a bot reply (e.g. the message was relayed
+  // to a human agent, or the answer went out as another message). Sent only so that a caller
+  // still waiting for the answer (a synchronous webhook request, a local ask) is completed;
+  // adapters show nothing on a chat platform, and it is never durable.
+  bool silent = false;
 };
 
 void to_json(nlohmann::json& j, const Citation& c);

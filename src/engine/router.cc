@@ -146,11 +146,22 @@ void Router::DrainOne(std::string key) {
   const InboundMessage& message = job->message;
   spdlog::debug("turn.start turn={} conv={} user={} text=\"{}\"", turn_id,
                 message.conversation().Display(), message.user, message.text);
+  if (hooks_ != nullptr && hooks_->BeforeTurn(message)) {
+    TurnOutput out;
+    out.reply = engine_.NewReply(message, turn_id);
+    out.reply.silent = true;
+    out.outcome = "handed_over";
+    Commit(key, job, turn_id, std::move(out));
+    return;
+  }
   PartialCallback on_partial = [this](const OutboundMessage& partial) {
     sink_.SendPartial(partial);
   };
   engine_.Run(message, turn_id, std::move(on_partial),
-              [this, key, job, turn_id](TurnOutput out) { Commit(key, job, turn_id, std::move(out)); });
+              [this, key, job, turn_id](TurnOutput out) {
+                if (hooks_ != nullptr) hooks_->AfterTurn(job->message, out);
+                Commit(key, job, turn_id, std::move(out));
+              });
 }
 
 void Router::Commit(const std::string& key, Job* job, const std::string& turn_id,
@@ -162,7 +173,7 @@ void Router::Commit(const std::string& key, Job* job, const std::string& turn_id
   if (!message.reply_route.empty()) {
     routes_.Set(batch, message.conversation(), message.reply_route);
   }
-  if (sink_.DeliversDurably(out.reply)) {
+  if (!out.reply.silent && sink_.DeliversDurably(out.reply)) {
     store::OutboxEntry entry;
     entry.id = out.reply.id;
     entry.platform = out.reply.conversation.platform;
@@ -184,7 +195,7 @@ void Router::Commit(const std::string& key, Job* job, const std::string& turn_id
       store_seconds_.ObserveNanos(now - commit_start);
       dedupe_.Release(platform, event_id);
       std::string final_outcome = *outcome;
-      if (!status.ok()) {
+      if (!status.ok() && !reply->silent) {
         // Nothing of the turn was stored; tell the user rather than go silent.
         spdlog::error("turn.error turn={} conv={} stage=store error=\"{}\"", turn_id,
                       conv_display, status.ToString());
@@ -192,6 +203,9 @@ void Router::Commit(const std::string& key, Job* job, const std::string& turn_id
         reply->citations.clear();
         final_outcome = "error";
         engine_.DiscardUncommitted(reply->conversation);
+      } else if (!status.ok()) {
+        spdlog::error("turn.error turn={} conv={} stage=store error=\"{}\"", turn_id,
+                      conv_display, status.ToString());
       }
       total_seconds_.ObserveNanos(now - accepted_nanos);
       metrics_

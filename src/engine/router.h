@@ -21,6 +21,7 @@
 #include "core/clock.h"
 #include "core/metrics.h"
 #include "engine/engine.h"
+#include "engine/turn_hooks.h"
 #include "net/rate_limiter.h"
 #include "store/committer.h"
 #include "store/records.h"
@@ -42,6 +43,10 @@ class Router final : public InboundSink {
 
   void OnInbound(InboundMessage message, IntakeOptions options,
                  std::function<void(IntakeResult)> accepted) override;
+
+  // Plugs in work around every turn (the escalation desk). Call before the first message; hooks
+  // must outlive the Router.
+  void SetHooks(TurnHooks* hooks) { hooks_ = hooks; }
 
   // Queues the turns of messages accepted before a crash or restart (the inbox). Call once at
   // start-up, before adapters start. Returns how many were queued.
@@ -68,6 +73,7 @@ class Router final : public InboundSink {
 
   boost::asio::io_context& io_;
   Engine& engine_;
+  TurnHooks* hooks_ = nullptr;
   store::Committer& committer_;
   ReplySink& sink_;
   const Clock& clock_;

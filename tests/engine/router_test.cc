@@ -44,6 +44,34 @@ class CollectingSink final : public ReplySink {
   std::vector<OutboundMessage> replies_;
 };
 
+// Takes messages that start with "human" and appends a line to every answer.
+class RecordingHooks final : public TurnHooks {
+ public:
+  bool BeforeTurn(const InboundMessage& message) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    before_.push_back(message.event_id);
+    return message.text.rfind("human", 0) == 0;
+  }
+  void AfterTurn(const InboundMessage& message, TurnOutput& out) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    after_.push_back(message.event_id);
+    out.reply.text += "\n(after hook)";
+  }
+  std::vector<std::string> before() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return before_;
+  }
+  std::vector<std::string> after() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return after_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> before_;
+  std::vector<std::string> after_;
+};
+
 class RouterTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -121,6 +149,40 @@ TEST_F(RouterTest, AnswersAndRecordsTheTurn) {
   EXPECT_EQ(reply.in_reply_to, "e1");
   EXPECT_NE(reply.text.find("fourteen days"), std::string::npos) << reply.text;
   EXPECT_EQ(memory_->Recent({"test", "c1", ""}, 10, 10000)->size(), 2u);
+}
+
+TEST_F(RouterTest, HooksTakeMessagesBeforeTheBotAndAmendItsAnswers) {
+  RecordingHooks hooks;
+  router_->SetHooks(&hooks);
+  InboundMessage handed = Message("c1", "u1", "human please", "h1");
+  handed.reply_route = "route-1";
+  ASSERT_TRUE(Submit(handed, /*durable=*/true).status.ok());
+  ASSERT_TRUE(sink_.WaitFor(1));
+  OutboundMessage silent = sink_.replies()[0];
+  EXPECT_TRUE(silent.silent);
+  EXPECT_EQ(silent.in_reply_to, "h1");
+  EXPECT_EQ(silent.reply_route, "route-1");
+  EXPECT_TRUE(silent.text.empty());
+  // The bot did not answer: no memory, no outbox entry; the event is recorded as handled and
+  // the inbox record is gone.
+  EXPECT_TRUE(memory_->Recent({"test", "c1", ""}, 10, 10000)->empty());
+  EXPECT_EQ(Count(store::keys::kOutbox), 0u);
+  EXPECT_EQ(Count(store::keys::kInbox), 0u);
+  EXPECT_EQ(Submit(handed).status.code(), Status::Code::kAlreadyExists);
+
+  ASSERT_TRUE(Submit(Message("c1", "u1", "when are refunds paid?", "q1")).status.ok());
+  ASSERT_TRUE(sink_.WaitFor(2));
+  OutboundMessage answer = sink_.replies()[1];
+  EXPECT_FALSE(answer.silent);
+  EXPECT_NE(answer.text.find("fourteen days"), std::string::npos) << answer.text;
+  EXPECT_NE(answer.text.find("(after hook)"), std::string::npos) << answer.text;
+  EXPECT_EQ(hooks.before(), (std::vector<std::string>{"h1", "q1"}));
+  EXPECT_EQ(hooks.after(), (std::vector<std::string>{"q1"}));
+  // Memory keeps the bot's own answer, not what the hook added for the user.
+  auto recent = memory_->Recent({"test", "c1", ""}, 10, 10000);
+  ASSERT_EQ(recent->size(), 2u);
+  EXPECT_NE((*recent)[1].text.find("fourteen days"), std::string::npos);
+  EXPECT_EQ((*recent)[1].text.find("(after hook)"), std::string::npos);
 }
 
 TEST_F(RouterTest, DuplicateEventIsRefused) {
