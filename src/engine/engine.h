@@ -36,8 +36,13 @@ struct TurnOutput {
   OutboundMessage reply;
   store::WriteBatch writes;  // the question and the answer in memory (and turn state)
   // "answered" | "no_answer" | "error" | "fallback" (the LLM failed; the extractive answer went
-  // out) | "confirm" (a tool call waits for the user's yes)
+  // out) | "confirm" (a tool call waits for the user's yes) | "handed_over" (a TurnHooks took
+  // the message; the reply is silent)
   std::string outcome;
+  // When the model asked for a human (reply.escalated through escalate_to_human): its stated
+  // reason and topic (may be empty).
+  std::string escalation_reason;
+  std::string escalation_topic;
 };
 
 // The reply so far while an answer streams (see ReplySink::SendPartial).

@@ -309,7 +309,13 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
       for (size_t i = 0; i < calls_.size(); ++i) {
         const tools::CallResult& r = results_[i];
         exchange_.push_back(llm::ChatMessage{"tool", r.content, {}, calls_[i].id});
-        if (r.escalate) escalated_ = true;
+        if (r.escalate) {
+          escalated_ = true;
+          if (r.arguments.is_object()) {
+            escalation_reason_ = r.arguments.value("reason", escalation_reason_);
+            escalation_topic_ = r.arguments.value("topic", escalation_topic_);
+          }
+        }
         if (r.outcome == tools::CallOutcome::kNeedsConfirmation && !needs_confirmation) {
           needs_confirmation = i;
         }
@@ -412,6 +418,8 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
     out.reply.citations = std::move(citations);
     out.reply.confidence = confidence;
     out.reply.escalated = escalated_;
+    out.escalation_reason = escalation_reason_;
+    out.escalation_topic = escalation_topic_;
     out.outcome = outcome;
     out.writes = std::move(writes_);
     writes_ = store::WriteBatch();
@@ -480,6 +488,8 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
   std::string round_text_;
   int64_t last_partial_nanos_ = 0;
   bool escalated_ = false;
+  std::string escalation_reason_;
+  std::string escalation_topic_;
   std::vector<llm::ToolCall> calls_;
   std::string assistant_content_;
   std::vector<tools::CallResult> results_;

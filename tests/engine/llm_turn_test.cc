@@ -400,12 +400,32 @@ TEST_F(LlmTurnTest, UnsupportedAnswerIsFlagged) {
   EXPECT_TRUE(answer.citations.empty());
 }
 
-TEST_F(LlmTurnTest, EscalationToolMarksTheReply) {
+// Keeps what the turn told the hooks about an escalation.
+class EscalationSeen final : public TurnHooks {
+ public:
+  bool BeforeTurn(const InboundMessage&) override { return false; }
+  void AfterTurn(const InboundMessage&, TurnOutput& out) override {
+    std::lock_guard<std::mutex> lock(mu);
+    reason = out.escalation_reason;
+    topic = out.escalation_topic;
+  }
+  std::mutex mu;
+  std::string reason;
+  std::string topic;
+};
+
+TEST_F(LlmTurnTest, EscalationToolMarksTheReplyWithTheModelsReasonAndTopic) {
   Enable();
-  server_.Push(Calls({{"e", "escalate_to_human", R"({"reason":"angry customer"})"}}));
+  EscalationSeen seen;
+  router_->SetHooks(&seen);
+  server_.Push(Calls(
+      {{"e", "escalate_to_human", R"({"reason":"angry customer","topic":"billing"})"}}));
   server_.Push(Text("A person will help you shortly."));
   OutboundMessage answer = Ask("c1", "I want a human");
   EXPECT_TRUE(answer.escalated);
+  std::lock_guard<std::mutex> lock(seen.mu);
+  EXPECT_EQ(seen.reason, "angry customer");
+  EXPECT_EQ(seen.topic, "billing");
 }
 
 TEST_F(LlmTurnTest, TurnTimeLimitFallsBack) {
