@@ -557,12 +557,42 @@ std::vector<json> BuildPostMessage(const OutboundMessage& m, const std::string& 
                  {"unfurl_links", false}};
     if (!thread_ts.empty()) body["thread_ts"] = thread_ts;
     if (!m.id.empty()) {
-      body["metadata"] = {{"event_type", "parley_reply"},
+      body["metadata"] = {{"event_type", kReplyEventType},
                           {"event_payload", {{"message_id", m.id}, {"part", p}}}};
     }
     bodies.push_back(std::move(body));
   }
   return bodies;
+}
+
+json BuildPartialMessage(const OutboundMessage& m, const std::string& channel,
+                         const std::string& thread_ts) {
+  const std::string marker = kPartialMarker;
+  std::vector<std::string> parts =
+      SplitForSlack(MarkdownToMrkdwn(m.text), kMessageLimit - marker.size());
+  std::string first = parts.empty() ? std::string() : std::move(parts.front());
+  json blocks = json::array();
+  std::vector<std::string> sections = SplitForSlack(first, kSectionLimit - marker.size());
+  if (sections.empty()) sections.emplace_back();
+  sections.back() += marker;
+  for (const std::string& section : sections) blocks.push_back(Section(section));
+  json body = {{"channel", channel},
+               {"text", first + marker},
+               {"blocks", std::move(blocks)},
+               {"unfurl_links", false}};
+  if (!thread_ts.empty()) body["thread_ts"] = thread_ts;
+  if (!m.id.empty()) {
+    body["metadata"] = {{"event_type", kPartialEventType},
+                        {"event_payload", {{"message_id", m.id}}}};
+  }
+  return body;
+}
+
+json UpdateBody(json post_body, const std::string& ts) {
+  post_body.erase("thread_ts");
+  post_body.erase("unfurl_links");
+  post_body["ts"] = ts;
+  return post_body;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,6 +23,14 @@ namespace parley::slack {
 inline constexpr char kPlatform[] = "slack";
 inline constexpr char kFeedbackHelpfulAction[] = "parley_feedback_helpful";
 inline constexpr char kFeedbackUnhelpfulAction[] = "parley_feedback_unhelpful";
+// Message metadata event types. A delivered reply's parts carry kReplyEventType (a resend after a
+// crash looks for it); the placeholder of an answer still being written (streaming) carries
+// kPartialEventType, so it is never mistaken for a delivered part. Both have event_payload
+// {message_id} (and "part" for replies).
+inline constexpr char kReplyEventType[] = "parley_reply";
+inline constexpr char kPartialEventType[] = "parley_partial";
+// Appended to the text of an answer still being written.
+inline constexpr char kPartialMarker[] = " \xE2\x80\xA6";  // " …"
 
 // ---------------------------------------------------------------------------------------------
 // Socket Mode frames
@@ -192,6 +200,19 @@ int64_t TsToMillis(std::string_view ts);
 // feedback_buttons, an actions block with two buttons whose value is m.id. ≤ 50 blocks per body.
 std::vector<nlohmann::json> BuildPostMessage(const OutboundMessage& m, const std::string& channel,
                                              const std::string& thread_ts, bool feedback_buttons);
+
+// The chat.postMessage body of an answer still being written (m.text is the text so far): the
+// first part of its mrkdwn (as BuildPostMessage would split it, a little shorter) followed by
+// kPartialMarker, in text and in section blocks; no citations, no buttons; unfurl_links false;
+// thread_ts when non-empty; metadata {event_type "parley_partial", event_payload {message_id}}
+// when m.id is set. Text is never empty.
+nlohmann::json BuildPartialMessage(const OutboundMessage& m, const std::string& channel,
+                                   const std::string& thread_ts);
+
+// A chat.update body from a chat.postMessage body (BuildPostMessage / BuildPartialMessage): the
+// same channel, text, blocks and metadata, with ts set and the arguments chat.update does not
+// take (thread_ts, unfurl_links) removed.
+nlohmann::json UpdateBody(nlohmann::json post_body, const std::string& ts);
 
 // ---------------------------------------------------------------------------------------------
 // Slash commands and interactivity

@@ -19,6 +19,10 @@ constexpr int kMaxTransientAttempts = 10;          // per part, then the reply i
 constexpr int64_t kRefusalNoteIntervalMs = 10 * 60 * 1000;
 constexpr size_t kThreadCacheLimit = 100'000;
 constexpr int kStopDrainMs = 5'000;
+constexpr int64_t kStreamIdleMs = 10 * 60 * 1000;  // a stream without a final is forgotten
+constexpr size_t kMaxStreams = 10'000;             // far behind: no new placeholders
+constexpr size_t kFinalsRemembered = 4'096;
+constexpr int kMaxEditBurst = 10;  // partial edits the workspace budget allows at once
 
 const net::BackoffPolicy kRetryBackoff{500, 30'000};
 const net::BackoffPolicy kAuthBackoff{1'000, 60'000};
@@ -86,6 +90,21 @@ SlackAdapter::SlackAdapter(boost::asio::io_context& io, config::SlackConfig conf
                                            "platform=\"slack\",value=\"helpful\"")),
       feedback_unhelpful_(metrics.GetCounter("parley_feedback_total", "Feedback on answers",
                                              "platform=\"slack\",value=\"unhelpful\"")),
+      stream_placeholders_(
+          metrics.GetCounter("parley_slack_stream_placeholders_total",
+                             "Streamed Slack answers posted early (placeholders Slack confirmed)")),
+      stream_edits_partial_(metrics.GetCounter("parley_slack_stream_edits_total",
+                                               "chat.update edits of streamed Slack answers",
+                                               "kind=\"partial\"")),
+      stream_edits_final_(metrics.GetCounter("parley_slack_stream_edits_total",
+                                             "chat.update edits of streamed Slack answers",
+                                             "kind=\"final\"")),
+      stream_partials_dropped_(metrics.GetCounter(
+          "parley_slack_stream_partials_dropped_total",
+          "Partial answers never shown on Slack (coalesced into a later edit, or too late)")),
+      stream_fallbacks_(metrics.GetCounter(
+          "parley_slack_stream_fallbacks_total",
+          "Streamed Slack answers posted anew because Slack refused the final edit")),
       replies_pending_(metrics.GetGauge("parley_slack_replies_pending",
                                         "Slack replies queued or being sent")) {}
 
@@ -680,6 +699,23 @@ void SlackAdapter::Send(OutboundMessage message, DeliveryCallback done) {
   d.message = std::move(message);
   d.message.id = d.id;
   if (!d.message.in_reply_to.empty()) {
+    if (config_.stream) {
+      // The complete reply is here: no more partial edits; partials still arriving are late.
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finals_.insert(d.id).second) {
+        finals_order_.push_back(d.id);
+        if (finals_order_.size() > kFinalsRemembered) {
+          finals_.erase(finals_order_.front());
+          finals_order_.pop_front();
+        }
+      }
+      auto it = streams_.find(d.id);
+      if (it != streams_.end()) {
+        if (it->second.pending) stream_partials_dropped_.Add();
+        it->second.pending = false;
+        it->second.final_queued = true;
+      }
+    }
     // A reply: the router wrote it to the outbox with the turn.
     Enqueue(std::move(d));
     if (done) done(Status::Ok());
@@ -729,19 +765,21 @@ void SlackAdapter::Pump(const std::string& channel) {
     ChannelQueue& q = it->second;
     if (q.busy || q.queue.empty() || stopped_) return;
     const int64_t now = clock_.NowMs();
+    // The final edit of a streamed reply's placeholder posts nothing: no token, no post pause.
+    const bool post = NeedsPostLocked(q.queue.front());
     if (config_.post_rate_per_channel > 0) {
       q.tokens = std::min<double>(config_.post_burst,
                                   q.tokens + static_cast<double>(now - q.refilled_ms) / 1000.0 *
                                                  config_.post_rate_per_channel);
       q.refilled_ms = now;
-      if (q.tokens < 1.0) {
+      if (post && q.tokens < 1.0) {
         wait_ms = static_cast<int64_t>((1.0 - q.tokens) / config_.post_rate_per_channel * 1000) + 1;
       }
     }
-    wait_ms = std::max(wait_ms, api_.PausedForMs("chat.postMessage/" + channel));
+    if (post) wait_ms = std::max(wait_ms, api_.PausedForMs("chat.postMessage/" + channel));
     q.busy = true;
     if (wait_ms == 0) {
-      q.tokens -= 1.0;
+      if (post) q.tokens -= 1.0;
       q.in_flight = true;
     }
   }
@@ -771,6 +809,7 @@ void SlackAdapter::Attempt(const std::string& channel) {
     q.in_flight = true;
     d = &q.queue.front();  // stays valid: only this channel's chain pops the front
   }
+  if (d->placeholder) return AttemptPlaceholder(channel, *d);
   if (!d->message.reply_route.empty()) {
     json j = json::parse(d->message.reply_route, nullptr, false);
     if (j.is_object()) {
@@ -779,11 +818,33 @@ void SlackAdapter::Attempt(const std::string& channel) {
     }
   }
 
+  std::string placeholder_ts;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = streams_.find(d->id);
+    if (it != streams_.end() && d->parts_done == 0) {
+      Stream& stream = it->second;
+      if (stream.placeholder == Stream::Placeholder::kUncertain && !d->verified) {
+        d->resumed = true;  // the placeholder may be there: look first, as after a crash
+      } else if (stream.placeholder == Stream::Placeholder::kPosted) {
+        if (stream.edit_in_flight) {
+          // An older partial edit must not land after the final one: wait for it.
+          stream.final_waiting = true;
+          channels_[channel].in_flight = false;
+          return;  // the edit's answer resumes this delivery
+        }
+        placeholder_ts = stream.ts;
+      }
+    }
+  }
   if (d->resumed && !d->verified) return Verify(channel, *d);
   const std::string thread_ts = d->message.conversation.thread;
   const bool buttons = config_.feedback_buttons && !d->message.in_reply_to.empty();
   std::vector<json> bodies = BuildPostMessage(d->message, channel, thread_ts, buttons);
   if (d->parts_done >= static_cast<int>(bodies.size())) return Complete(channel, Status::Ok());
+  if (!placeholder_ts.empty()) {
+    return AttemptFinalEdit(channel, *d, bodies[0], placeholder_ts, bodies.size());
+  }
   const json& body = bodies[d->parts_done];
   auto self = shared_from_this();
   api_.Call(
@@ -846,14 +907,23 @@ void SlackAdapter::Verify(const std::string& channel, Delivery& d) {
       return self->Attempt(channel);
     }
     int confirmed = 0;
+    std::string placeholder_ts;  // a streamed placeholder of this reply (parley_partial)
     const json& messages = r.body.contains("messages") ? r.body["messages"] : json();
     if (messages.is_array()) {
       for (const json& m : messages) {
         if (!m.is_object() || !m.contains("metadata") || !m["metadata"].is_object()) continue;
         const json& meta = m["metadata"];
-        if (meta.value("event_type", "") != "parley_reply") continue;
+        const std::string type = meta.value("event_type", "");
+        if (type != kReplyEventType && type != kPartialEventType) continue;
         const json& payload = meta.contains("event_payload") ? meta["event_payload"] : json();
         if (!payload.is_object() || payload.value("message_id", "") != dp->id) continue;
+        if (type == kPartialEventType) {
+          const json& ts = m.contains("ts") ? m["ts"] : json();
+          if (ts.is_string() && !ts.get<std::string>().empty()) {
+            placeholder_ts = ts.get<std::string>();
+          }
+          continue;
+        }
         const json& part = payload.contains("part") ? payload["part"] : json();
         if (part.is_number_integer()) confirmed = std::max(confirmed, part.get<int>() + 1);
       }
@@ -862,6 +932,32 @@ void SlackAdapter::Verify(const std::string& channel, Delivery& d) {
       spdlog::info("slack.reply.already_posted id={} channel={} parts={}", dp->id, channel,
                    confirmed);
       dp->parts_done = confirmed;
+    }
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      auto it = self->streams_.find(dp->id);
+      if (!placeholder_ts.empty()) {
+        Stream& stream = self->streams_[dp->id];
+        stream.channel = channel;
+        stream.thread_ts = dp->message.conversation.thread;
+        stream.final_queued = true;
+        stream.pending = false;
+        stream.touched_ms = self->clock_.NowMs();
+        if (dp->parts_done == 0) {
+          // Replace it with the reply instead of posting a second message.
+          spdlog::info("slack.reply.placeholder_found id={} channel={} ts={}", dp->id, channel,
+                       placeholder_ts);
+          stream.placeholder = Stream::Placeholder::kPosted;
+          stream.ts = placeholder_ts;
+        } else {
+          // The reply is there already: the placeholder is a leftover.
+          stream.placeholder = Stream::Placeholder::kFailed;
+          stream.stale_ts = placeholder_ts;
+        }
+      } else if (it != self->streams_.end() &&
+                 it->second.placeholder == Stream::Placeholder::kUncertain) {
+        it->second.placeholder = Stream::Placeholder::kFailed;  // it never reached Slack
+      }
     }
     self->Attempt(channel);
   });
@@ -957,6 +1053,7 @@ void SlackAdapter::Complete(const std::string& channel, Status outcome) {
     if (q.queue.empty() && config_.post_rate_per_channel <= 0) channels_.erase(it);
   }
   replies_pending_.Add(-1);
+  EndStream(d.id, outcome.ok());
   if (outcome.ok()) {
     replies_delivered_.Add();
     spdlog::info("slack.reply.sent id={} turn={} channel={}", d.id,
@@ -987,6 +1084,340 @@ void SlackAdapter::Complete(const std::string& channel, Status outcome) {
   if (d.done) d.done(outcome);
   auto self = shared_from_this();
   boost::asio::post(io_, [self, channel] { self->Pump(channel); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+void SlackAdapter::SendPartial(const OutboundMessage& partial) {
+  if (!config_.stream || stopping_ || partial.id.empty() || partial.in_reply_to.empty() ||
+      !partial.reply_route.empty() || partial.conversation.channel.empty()) {
+    return;
+  }
+  const int64_t now = clock_.NowMs();
+  bool first = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finals_.count(partial.id) > 0) {
+      stream_partials_dropped_.Add();  // the complete reply is on its way
+      return;
+    }
+    auto it = streams_.find(partial.id);
+    if (it == streams_.end()) {
+      if (partial.text.find_first_not_of(" \t\r\n") == std::string::npos) return;
+      SweepStreamsLocked(now);
+      if (streams_.size() >= kMaxStreams) {
+        stream_partials_dropped_.Add();
+        return;
+      }
+      Stream& stream = streams_[partial.id];
+      stream.channel = partial.conversation.channel;
+      stream.thread_ts = partial.conversation.thread;
+      stream.text = partial.text;
+      stream.pending = true;
+      stream.touched_ms = now;
+      first = true;
+    } else {
+      Stream& stream = it->second;
+      if (stream.final_queued) return;
+      if (stream.pending) stream_partials_dropped_.Add();  // coalesced: never shown
+      stream.text = partial.text;
+      stream.pending = true;
+      stream.touched_ms = now;
+    }
+  }
+  if (first) return EnqueuePlaceholder(partial);
+  ScheduleEdit(partial.id);
+}
+
+void SlackAdapter::SweepStreamsLocked(int64_t now_ms) {
+  if (now_ms - swept_ms_ < 60'000) return;
+  swept_ms_ = now_ms;
+  for (auto it = streams_.begin(); it != streams_.end();) {
+    const Stream& stream = it->second;
+    if (now_ms - stream.touched_ms > kStreamIdleMs && !stream.edit_in_flight &&
+        !stream.final_queued) {
+      it = streams_.erase(it);  // the final never came (a queued placeholder finds it gone)
+    } else {
+      ++it;
+    }
+  }
+}
+
+void SlackAdapter::EnqueuePlaceholder(const OutboundMessage& partial) {
+  const std::string channel = partial.conversation.channel;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ChannelQueue& q = channels_[channel];
+    if (q.refilled_ms == 0) {
+      q.tokens = config_.post_burst;
+      q.refilled_ms = clock_.NowMs();
+    }
+    Delivery d;
+    d.id = partial.id;
+    d.message.id = partial.id;
+    d.message.conversation = partial.conversation;
+    d.message.in_reply_to = partial.in_reply_to;
+    d.placeholder = true;
+    q.queue.push_back(std::move(d));
+  }
+  auto self = shared_from_this();
+  boost::asio::post(io_, [self, channel] { self->Pump(channel); });
+}
+
+bool SlackAdapter::NeedsPostLocked(const Delivery& d) const {
+  auto it = streams_.find(d.id);
+  if (d.placeholder) return it != streams_.end() && !it->second.final_queued;
+  if (!d.message.reply_route.empty() || it == streams_.end() || d.parts_done != 0) return true;
+  return it->second.placeholder != Stream::Placeholder::kPosted || (d.resumed && !d.verified);
+}
+
+void SlackAdapter::AttemptPlaceholder(const std::string& channel, Delivery& d) {
+  json body;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = streams_.find(d.id);
+    if (it == streams_.end() || it->second.final_queued || stopping_) {
+      if (it != streams_.end() && it->second.placeholder == Stream::Placeholder::kQueued) {
+        it->second.placeholder = Stream::Placeholder::kFailed;  // not needed any more
+      }
+    } else {
+      Stream& stream = it->second;
+      OutboundMessage partial;
+      partial.id = d.id;
+      partial.text = stream.text;
+      body = BuildPartialMessage(partial, channel, stream.thread_ts);
+      stream.pending = false;
+    }
+  }
+  if (body.is_null()) return PlaceholderDone(channel);
+  Delivery* dp = &d;
+  auto self = shared_from_this();
+  api_.Call(
+      "chat.postMessage", body, Token::kBot,
+      [self, channel, dp](ApiResult r) {
+        const std::string id = dp->id;
+        bool edit = false;
+        bool retry = false;
+        {
+          std::lock_guard<std::mutex> lock(self->mu_);
+          auto it = self->streams_.find(id);
+          if (it == self->streams_.end()) {
+            // Forgotten meanwhile (idle sweep): nothing to update.
+          } else {
+            Stream& stream = it->second;
+            const json& ts = r.ok() && r.body.contains("ts") ? r.body["ts"] : json();
+            if (r.ok() && ts.is_string() && !ts.get<std::string>().empty()) {
+              self->stream_placeholders_.Add();
+              stream.placeholder = Stream::Placeholder::kPosted;
+              stream.ts = ts.get<std::string>();
+              stream.next_edit_ms = self->clock_.NowMs() + self->config_.stream_interval_ms;
+              edit = stream.pending && !stream.final_queued;
+            } else if (r.outcome == Outcome::kRateLimited && !stream.final_queued &&
+                       !self->stopping_) {
+              // Not posted: the channel is paused anyway; post it (with the latest text) after.
+              if (!stream.pending) stream.pending = true;
+              retry = true;
+            } else if (r.outcome == Outcome::kTransient) {
+              stream.placeholder = Stream::Placeholder::kUncertain;
+              spdlog::warn("slack.stream.placeholder_uncertain id={} channel={} error=\"{}\"", id,
+                           channel, r.error);
+            } else {
+              stream.placeholder = Stream::Placeholder::kFailed;
+              if (!r.ok()) {
+                spdlog::warn("slack.stream.placeholder_failed id={} channel={} error=\"{}\"", id,
+                             channel, r.error);
+              }
+            }
+          }
+        }
+        if (retry) return self->Retry(channel, r.retry_after_ms, "ratelimited");
+        self->PlaceholderDone(channel);
+        if (edit) self->ScheduleEdit(id);
+      },
+      "chat.postMessage/" + channel);
+}
+
+void SlackAdapter::PlaceholderDone(const std::string& channel) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = channels_.find(channel);
+    if (it == channels_.end()) return;
+    ChannelQueue& q = it->second;
+    q.queue.pop_front();
+    q.busy = false;
+    q.in_flight = false;
+    if (q.queue.empty() && config_.post_rate_per_channel <= 0) channels_.erase(it);
+  }
+  auto self = shared_from_this();
+  boost::asio::post(io_, [self, channel] { self->Pump(channel); });
+}
+
+void SlackAdapter::ScheduleEdit(const std::string& id) {
+  json body;
+  int64_t wait_ms = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = streams_.find(id);
+    if (it == streams_.end() || stopping_) return;
+    Stream& stream = it->second;
+    if (stream.placeholder != Stream::Placeholder::kPosted || !stream.pending ||
+        stream.final_queued || stream.edits_stopped || stream.edit_in_flight ||
+        stream.timer_armed) {
+      return;
+    }
+    const int64_t now = clock_.NowMs();
+    wait_ms = std::max(stream.next_edit_ms - now, api_.PausedForMs("chat.update"));
+    // The workspace-wide budget of partial edits (chat.update is Tier 3).
+    const double per_minute = config_.stream_edits_per_minute;
+    const double burst = std::min<double>(kMaxEditBurst, per_minute);
+    if (edit_refilled_ms_ == 0) {
+      edit_tokens_ = burst;
+      edit_refilled_ms_ = now;
+    }
+    edit_tokens_ = std::min(
+        burst, edit_tokens_ + static_cast<double>(now - edit_refilled_ms_) / 60'000.0 * per_minute);
+    edit_refilled_ms_ = now;
+    if (wait_ms <= 0 && edit_tokens_ < 1.0) {
+      wait_ms = static_cast<int64_t>((1.0 - edit_tokens_) / per_minute * 60'000.0) + 1;
+    }
+    if (wait_ms > 0) {
+      stream.timer_armed = true;
+    } else {
+      edit_tokens_ -= 1.0;
+      OutboundMessage partial;
+      partial.id = id;
+      partial.text = stream.text;
+      body = UpdateBody(BuildPartialMessage(partial, stream.channel, stream.thread_ts), stream.ts);
+      stream.pending = false;
+      stream.edit_in_flight = true;
+      stream.next_edit_ms = now + config_.stream_interval_ms;
+    }
+  }
+  auto self = shared_from_this();
+  if (wait_ms > 0) {
+    After(wait_ms, [self, id] {
+      {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        auto it = self->streams_.find(id);
+        if (it == self->streams_.end()) return;
+        it->second.timer_armed = false;
+      }
+      self->ScheduleEdit(id);
+    });
+    return;
+  }
+  api_.Call("chat.update", body, Token::kBot, [self, id](ApiResult r) {
+    std::string resume_channel;
+    bool again = false;
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      auto it = self->streams_.find(id);
+      if (it == self->streams_.end()) return;
+      Stream& stream = it->second;
+      stream.edit_in_flight = false;
+      switch (r.outcome) {
+        case Outcome::kOk:
+          self->stream_edits_partial_.Add();
+          break;
+        case Outcome::kRateLimited:  // chat.update is paused for Retry-After: try again after
+        case Outcome::kTransient:
+          if (!stream.pending && !stream.final_queued) stream.pending = true;
+          break;
+        case Outcome::kAuth:
+        case Outcome::kRefused:
+          // e.g. message_not_found (deleted), cant_update_message, edit_window_closed: the
+          // final tries once more and falls back to a new post.
+          stream.edits_stopped = true;
+          spdlog::warn("slack.stream.edit_refused id={} channel={} error=\"{}\"", id,
+                       stream.channel, r.error);
+          break;
+      }
+      if (stream.final_waiting) {
+        stream.final_waiting = false;
+        resume_channel = stream.channel;
+      } else {
+        again = stream.pending && !stream.final_queued && !stream.edits_stopped;
+      }
+    }
+    if (!resume_channel.empty()) return self->Attempt(resume_channel);
+    if (again) self->ScheduleEdit(id);
+  });
+}
+
+void SlackAdapter::AttemptFinalEdit(const std::string& channel, Delivery& d, const json& body,
+                                    const std::string& ts, size_t parts) {
+  if (const int64_t paused = api_.PausedForMs("chat.update"); paused > 0) {
+    return Retry(channel, paused, "chat.update ratelimited");
+  }
+  Delivery* dp = &d;
+  auto self = shared_from_this();
+  api_.Call("chat.update", UpdateBody(body, ts), Token::kBot,
+            [self, channel, dp, ts, parts](ApiResult r) {
+              switch (r.outcome) {
+                case Outcome::kOk:
+                  self->stream_edits_final_.Add();
+                  dp->parts_done = 1;
+                  dp->attempts = 0;
+                  if (dp->parts_done >= static_cast<int>(parts)) {
+                    return self->Complete(channel, Status::Ok());
+                  }
+                  return self->PartDone(channel);
+                case Outcome::kRateLimited:
+                  return self->Retry(channel, r.retry_after_ms, "chat.update ratelimited");
+                case Outcome::kTransient:
+                  if (++dp->attempts >= kMaxTransientAttempts) {
+                    return self->Complete(channel, Status::Unavailable(r.error));
+                  }
+                  return self->Retry(channel, net::BackoffDelayMs(kRetryBackoff, dp->attempts - 1),
+                                     r.error);
+                case Outcome::kAuth:
+                  return self->Complete(channel, Status::FailedPrecondition(r.error));
+                case Outcome::kRefused: {
+                  // The placeholder cannot become the answer: post the answer anew and remove
+                  // the placeholder once it is delivered (unless it is gone already).
+                  self->stream_fallbacks_.Add();
+                  spdlog::warn(
+                      "slack.stream.final_edit_refused id={} channel={} error=\"{}\" "
+                      "(posting the answer instead)",
+                      dp->id, channel, r.error);
+                  {
+                    std::lock_guard<std::mutex> lock(self->mu_);
+                    auto it = self->streams_.find(dp->id);
+                    if (it != self->streams_.end()) {
+                      it->second.placeholder = Stream::Placeholder::kFailed;
+                      if (r.error != "message_not_found") it->second.stale_ts = ts;
+                    }
+                    dp->attempts = 0;
+                    // Back through the queue's pacing: this time it is a post.
+                    ChannelQueue& q = self->channels_[channel];
+                    q.busy = false;
+                    q.in_flight = false;
+                  }
+                  return self->Pump(channel);
+                }
+              }
+            });
+}
+
+void SlackAdapter::EndStream(const std::string& id, bool delivered) {
+  Stream stream;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = streams_.find(id);
+    if (it == streams_.end()) return;
+    stream = std::move(it->second);
+    streams_.erase(it);
+  }
+  if (!delivered || stream.stale_ts.empty()) return;
+  const std::string channel = stream.channel, ts = stream.stale_ts;
+  api_.Call("chat.delete", json{{"channel", channel}, {"ts", ts}}, Token::kBot,
+            [id, channel, ts](ApiResult r) {
+              if (!r.ok() && r.error != "message_not_found") {
+                spdlog::warn("slack.stream.delete_failed id={} channel={} ts={} error=\"{}\"", id,
+                             channel, ts, r.error);
+              }
+            });
 }
 
 }  // namespace parley::slack

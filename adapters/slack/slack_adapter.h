@@ -16,6 +16,18 @@
 // multi-part reply is recorded, so a restart resends only what was not confirmed.
 // Replies to slash commands go to the command's response_url (ephemeral).
 //
+// Streaming (slack.stream): the first partial of a reply queues a placeholder post in the reply's
+// channel queue (so it keeps the conversation's order and the channel's pacing) with metadata
+// event_type parley_partial, which a resend's check never takes for a delivered part. Later
+// partials edit it with chat.update: at most one edit in flight per answer, at least
+// slack.stream_interval_ms apart, within a workspace-wide budget (stream_edits_per_minute);
+// partials that arrive meanwhile are coalesced (only the latest text is sent). The final Send
+// waits for an edit in flight, then replaces the placeholder with the complete first part (blocks,
+// citations, buttons, metadata parley_reply) and posts any further parts. If Slack refuses that
+// edit, the answer is posted normally and the placeholder deleted. If the placeholder post may or
+// may not have reached Slack (transport error), the final first looks for it (as after a crash);
+// a resend after a crash finds a parley_partial placeholder of its reply and edits it.
+//
 // Thread-safety: thread-safe. Lifetime: create with std::make_shared; Stop() before destroying
 // the io_context.
 
@@ -86,6 +98,9 @@ class SlackAdapter final : public ChannelAdapter,
 
   bool DeliversDurably(const OutboundMessage& message) const override;
   void Send(OutboundMessage message, DeliveryCallback done) override;
+  // Shows a reply still being written (see Streaming above). Ignored unless slack.stream, for
+  // messages that are not replies, for slash command answers (ephemeral), and after Send.
+  void SendPartial(const OutboundMessage& partial) override;
 
   // Sockets that have said hello.
   size_t ReadySockets() const;
@@ -101,7 +116,32 @@ class SlackAdapter final : public ChannelAdapter,
     // confirmed a part and before that was recorded, so Slack is asked first (verified).
     bool resumed = false;
     bool verified = false;
+    // Not a reply but the placeholder of the streamed reply `id` (not durable, not counted).
+    bool placeholder = false;
     DeliveryCallback done;
+  };
+  // A reply being streamed, by reply id. Guarded by mu_.
+  struct Stream {
+    enum class Placeholder {
+      kQueued,     // its post is queued or in flight
+      kPosted,     // Slack confirmed it: ts is set
+      kFailed,     // not posted (or given up on): the final is posted normally
+      kUncertain,  // the post failed in transport and may have reached Slack: look first
+    };
+    std::string channel;
+    std::string thread_ts;
+    Placeholder placeholder = Placeholder::kQueued;
+    std::string ts;        // the placeholder's ts (kPosted)
+    std::string text;      // the latest partial (Markdown)
+    bool pending = false;  // text has not been sent yet
+    bool edit_in_flight = false;
+    bool timer_armed = false;    // a timer will try the next edit
+    bool edits_stopped = false;  // Slack refused an edit: no more partial edits
+    bool final_queued = false;   // Send has the complete reply: no more partial edits
+    bool final_waiting = false;  // the final waits for the edit in flight, which resumes it
+    int64_t next_edit_ms = 0;    // earliest time of the next partial edit
+    int64_t touched_ms = 0;
+    std::string stale_ts;  // a placeholder to delete once the reply is delivered
   };
   struct ChannelQueue {
     std::deque<Delivery> queue;
@@ -143,6 +183,21 @@ class SlackAdapter final : public ChannelAdapter,
   void PartDone(const std::string& channel);
   void Retry(const std::string& channel, int64_t delay_ms, const std::string& why);
   void Complete(const std::string& channel, Status outcome);
+
+  // Streaming (see the class comment). Callers do not hold mu_ unless the name says Locked.
+  void EnqueuePlaceholder(const OutboundMessage& partial);
+  void AttemptPlaceholder(const std::string& channel, Delivery& d);
+  void PlaceholderDone(const std::string& channel);
+  // Starts the next partial edit of reply id now or arms a timer for it, if one is due.
+  void ScheduleEdit(const std::string& id);
+  // The final edit: replaces the placeholder ts with body (part 0 of the complete reply).
+  void AttemptFinalEdit(const std::string& channel, Delivery& d, const nlohmann::json& body,
+                        const std::string& ts, size_t parts);
+  // Forgets the reply's stream once the reply is done; deletes a stale placeholder if delivered.
+  void EndStream(const std::string& id, bool delivered);
+  // Whether the front delivery d needs a chat.postMessage (a pacing token).
+  bool NeedsPostLocked(const Delivery& d) const;
+  void SweepStreamsLocked(int64_t now_ms);
   void After(int64_t delay_ms, std::function<void()> fn);
 
   boost::asio::io_context& io_;
@@ -168,6 +223,12 @@ class SlackAdapter final : public ChannelAdapter,
   std::unordered_set<std::string> threads_;     // "channel/thread_ts" the bot answered in (cache)
   std::unordered_map<std::string, int64_t> refused_notes_;  // "channel/user" -> last note ms
   std::unordered_map<std::string, ReactionState> reactions_;  // "channel/ts" working signals
+  std::unordered_map<std::string, Stream> streams_;           // streamed replies by id
+  std::unordered_set<std::string> finals_;  // reply ids whose final was sent: late partials ignored
+  std::deque<std::string> finals_order_;    // bounds finals_
+  double edit_tokens_ = 0;                  // workspace-wide budget of partial edits
+  int64_t edit_refilled_ms_ = 0;
+  int64_t swept_ms_ = 0;
 
   Counter& events_received_;
   Counter& events_ignored_;
@@ -176,6 +237,11 @@ class SlackAdapter final : public ChannelAdapter,
   Counter& replies_dropped_;
   Counter& feedback_helpful_;
   Counter& feedback_unhelpful_;
+  Counter& stream_placeholders_;
+  Counter& stream_edits_partial_;
+  Counter& stream_edits_final_;
+  Counter& stream_partials_dropped_;
+  Counter& stream_fallbacks_;
   Gauge& replies_pending_;
 };
 

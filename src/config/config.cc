@@ -892,6 +892,9 @@ class Parser {
           {"silence_timeout_ms", IntField(&s.silence_timeout_ms, 1000, 3'600'000)},
           {"post_rate_per_channel", NumberField(&s.post_rate_per_channel, 0, 100)},
           {"post_burst", IntField(&s.post_burst, 1, 100)},
+          {"stream", BoolField(&s.stream)},
+          {"stream_interval_ms", IntField(&s.stream_interval_ms, 250, 60'000)},
+          {"stream_edits_per_minute", IntField(&s.stream_edits_per_minute, 1, 1000)},
       };
     }
     return {};

@@ -208,6 +208,16 @@ struct SlackConfig {
   // messages per second (0 = no pacing; then only Slack's 429s slow the bot down) and burst.
   double post_rate_per_channel = 1.0;
   int post_burst = 3;
+  // Streaming (answers written progressively, e.g. by an LLM): the answer is posted as soon as
+  // its first words exist and edited (chat.update) as it grows; the final edit carries the
+  // complete answer. stream = false posts only the complete answer.
+  bool stream = true;
+  // Minimum gap between two edits of one answer, ms (250..60000).
+  int stream_interval_ms = 1000;
+  // Edits of unfinished answers across the workspace per minute (1..1000). chat.update is Slack
+  // Tier 3 (about 50/min per workspace); the final edit of each answer is not held to this, so
+  // keep it below Slack's limit to leave room for finals.
+  int stream_edits_per_minute = 40;
 };
 
 struct Config {

@@ -189,6 +189,9 @@ const std::set<std::string> kAllKeys = {
     "slack.silence_timeout_ms",
     "slack.post_rate_per_channel",
     "slack.post_burst",
+    "slack.stream",
+    "slack.stream_interval_ms",
+    "slack.stream_edits_per_minute",
 };
 
 // A key line, commented out or not: "key = value" with a TOML-looking value.

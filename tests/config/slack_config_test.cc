@@ -158,6 +158,24 @@ TEST(SlackConfigTest, EnabledWithTokensIsAccepted) {
             "t.toml:9: slack.post_burst: must be between 1 and 100, got 0");
 }
 
+TEST(SlackConfigTest, StreamingKeys) {
+  Config c = ParseOk(kEnabled);
+  EXPECT_TRUE(c.slack.stream);
+  EXPECT_EQ(c.slack.stream_interval_ms, 1000);
+  EXPECT_EQ(c.slack.stream_edits_per_minute, 40);
+  Config set = ParseOk(kEnabled +
+                       "stream = false\nstream_interval_ms = 2500\nstream_edits_per_minute = 20\n");
+  EXPECT_FALSE(set.slack.stream);
+  EXPECT_EQ(set.slack.stream_interval_ms, 2500);
+  EXPECT_EQ(set.slack.stream_edits_per_minute, 20);
+  EXPECT_EQ(ErrorOf(kEnabled + "stream_interval_ms = 100\n"),
+            "t.toml:9: slack.stream_interval_ms: must be between 250 and 60000, got 100");
+  EXPECT_EQ(ErrorOf(kEnabled + "stream_edits_per_minute = 0\n"),
+            "t.toml:9: slack.stream_edits_per_minute: must be between 1 and 1000, got 0");
+  EXPECT_EQ(ErrorOf(kEnabled + "stream = 1\n"),
+            "t.toml:9: slack.stream: expected a boolean (true or false), got an integer");
+}
+
 TEST(SlackConfigTest, WrongTypes) {
   struct Case {
     std::string line;

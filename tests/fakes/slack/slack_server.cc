@@ -112,7 +112,13 @@ class SlackServer::Impl {
     for (const auto& c : options_.channels) channels_.insert(c);
     http_ = std::make_unique<net::HttpServer>(io_, net::HttpServerOptions{},
                                               [this](net::HttpRequest req, net::Responder respond) {
-                                                respond(HandleHttp(req));
+                                                const int delay_ms = TakeDelay(req.path);
+                                                net::HttpResponse r = HandleHttp(req);
+                                                if (delay_ms > 0) {
+                                                  return AnswerLater(delay_ms, std::move(r),
+                                                                     std::move(respond));
+                                                }
+                                                respond(std::move(r));
                                                 if (options_.on_message) NotifyRecorded();
                                               });
     api_port_ = http_->ListenTcp("127.0.0.1", 0).value();
@@ -180,6 +186,27 @@ class SlackServer::Impl {
     if (options_.on_message) to_notify_.push_back(messages_.back());
   }
 
+  // Milliseconds to hold back the answer to this request (DelayNext); 0 for none.
+  int TakeDelay(const std::string& path) {
+    if (path.compare(0, 5, "/api/") != 0) return 0;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = delay_next_.find(path.substr(5));
+    if (it == delay_next_.end() || it->second.n <= 0) return 0;
+    --it->second.n;
+    return it->second.delay_ms;
+  }
+
+  void AnswerLater(int delay_ms, net::HttpResponse r, net::Responder respond) {
+    auto timer = std::make_shared<boost::asio::steady_timer>(io_);
+    timer->expires_after(std::chrono::milliseconds(delay_ms));
+    auto answer = std::make_shared<std::pair<net::HttpResponse, net::Responder>>(std::move(r),
+                                                                                 std::move(respond));
+    timer->async_wait([this, timer, answer](boost::system::error_code) {
+      answer->second(std::move(answer->first));
+      if (options_.on_message) NotifyRecorded();
+    });
+  }
+
   // On the io thread, without mu_: hands what RecordLocked queued to the observer.
   void NotifyRecorded() {
     std::vector<SlackPostedMessage> batch;
@@ -229,6 +256,10 @@ class SlackServer::Impl {
       ++counters_.errors_served;
       return JsonResponse(Json{{"ok", false}, {"error", "fatal_error"}}, it->second.status);
     }
+    if (auto it = error_next_.find(method); it != error_next_.end() && it->second.n > 0) {
+      --it->second.n;
+      return SlackError(it->second.error);
+    }
 
     if (method == "apps.connections.open") {
       if (token.empty()) return SlackError("not_authed");
@@ -240,7 +271,7 @@ class SlackServer::Impl {
                {"url", "ws://127.0.0.1:" + std::to_string(ws_port_) + "/link/?ticket=" + ticket}});
     }
     if (method != "auth.test" && method != "chat.postMessage" && method != "chat.update" &&
-        method != "chat.postEphemeral" && method != "reactions.add" &&
+        method != "chat.delete" && method != "chat.postEphemeral" && method != "reactions.add" &&
         method != "reactions.remove" && method != "conversations.history" &&
         method != "conversations.replies") {
       return SlackError("unknown_method");
@@ -282,6 +313,24 @@ class SlackServer::Impl {
       return JsonResponse(Json{{"ok", true}});
     }
 
+    if (method == "chat.delete") {
+      // A bot may delete its own messages; message_not_found for anything else.
+      const std::string ts = StringArg(args, "ts");
+      if (channel.empty() || ts.empty()) return SlackError("invalid_arguments");
+      if (!channels_.count(channel)) return SlackError("channel_not_found");
+      auto it = live_.find(channel + "/" + ts);
+      if (it == live_.end()) return SlackError("message_not_found");
+      conversation_[it->second].ts.clear();  // gone from the conversation
+      live_.erase(it);
+      SlackPostedMessage d;
+      d.method = method;
+      d.channel = channel;
+      d.ts = ts;
+      d.args = args;
+      RecordLocked(d);
+      return JsonResponse(Json{{"ok", true}, {"channel", channel}, {"ts", ts}});
+    }
+
     SlackPostedMessage m;
     m.method = method;
     m.channel = channel;
@@ -320,7 +369,8 @@ class SlackServer::Impl {
       if (!m.thread_ts.empty()) message["thread_ts"] = m.thread_ts;
       if (!m.blocks.is_null()) message["blocks"] = m.blocks;
       if (!m.metadata.is_null()) message["metadata"] = m.metadata;
-      known_ts_.insert(channel + "/" + m.ts);
+      live_[channel + "/" + m.ts] = conversation_.size();
+      conversation_.push_back(m);
       RecordLocked(m);
       if (options_.echo_bot_posts) {
         Json echo = message;
@@ -335,7 +385,14 @@ class SlackServer::Impl {
     if (method == "chat.update") {
       m.ts = StringArg(args, "ts");
       if (m.ts.empty()) return SlackError("invalid_arguments");
-      if (!known_ts_.count(channel + "/" + m.ts)) return SlackError("message_not_found");
+      auto live = live_.find(channel + "/" + m.ts);
+      if (live == live_.end()) return SlackError("message_not_found");
+      // Slack: text replaces the text; blocks and metadata replace theirs only when given.
+      SlackPostedMessage& current = conversation_[live->second];
+      current.text = m.text;
+      if (!m.blocks.is_null()) current.blocks = m.blocks;
+      if (!m.metadata.is_null()) current.metadata = m.metadata;
+      m.thread_ts = current.thread_ts;
       RecordLocked(m);
       return JsonResponse(Json{{"ok", true},
                                {"channel", channel},
@@ -365,8 +422,8 @@ class SlackServer::Impl {
                           StringArg(args, "include_all_metadata") == "1";
     auto ts_value = [](const std::string& ts) { return std::strtod(ts.c_str(), nullptr); };
     Json list = Json::array();
-    for (const SlackPostedMessage& m : messages_) {
-      if (m.method != "chat.postMessage" || m.channel != channel) continue;
+    for (const SlackPostedMessage& m : conversation_) {
+      if (m.ts.empty() || m.channel != channel) continue;  // deleted, or elsewhere
       if (method == "conversations.replies") {
         if (m.thread_ts != root && m.ts != root) continue;
       } else {
@@ -691,11 +748,24 @@ class SlackServer::Impl {
   bool answer_pings_ = true;
   std::map<std::string, Limit> rate_limit_next_;
   std::map<std::string, Failure> fail_next_;
+  struct ErrorReply {
+    int n = 0;
+    std::string error;
+  };
+  std::map<std::string, ErrorReply> error_next_;
+  struct Delay {
+    int n = 0;
+    int delay_ms = 0;
+  };
+  std::map<std::string, Delay> delay_next_;
+  // The bot's messages as the conversation shows them now (posts in order, edits applied; a
+  // deleted message keeps its place with an empty ts), and channel/ts -> index of the live ones.
+  std::vector<SlackPostedMessage> conversation_;
+  std::map<std::string, size_t> live_;
   double budget_per_second_ = 0;
   int budget_burst_ = 1;
   std::map<std::string, Bucket> buckets_;
   std::set<std::tuple<std::string, std::string, std::string>> reacted_;
-  std::set<std::string> known_ts_;
   std::set<std::string> response_urls_;  // paths of the response_urls handed out
   uint64_t next_response_url_ = 0;
   std::map<int, Conn> conns_;
@@ -862,6 +932,25 @@ std::vector<SlackPostedMessage> SlackServer::Posted() const {
     if (m.method == "chat.postMessage") out.push_back(m);
   }
   return out;
+}
+
+std::vector<SlackPostedMessage> SlackServer::Conversation(const std::string& channel) const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  std::vector<SlackPostedMessage> out;
+  for (const auto& m : impl_->conversation_) {
+    if (!m.ts.empty() && m.channel == channel) out.push_back(m);
+  }
+  return out;
+}
+
+void SlackServer::DelayNext(const std::string& method, int n, int delay_ms) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  impl_->delay_next_[method] = Impl::Delay{n, delay_ms};
+}
+
+void SlackServer::ErrorNext(const std::string& method, int n, const std::string& error) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  impl_->error_next_[method] = Impl::ErrorReply{n, error};
 }
 
 std::vector<SlackReaction> SlackServer::Reactions() const {

@@ -4,8 +4,11 @@
 // Socket Mode over plain WebSocket on a second port (ws://127.0.0.1:WSPORT/link/?ticket=T).
 //
 // Web API: apps.connections.open (app token), auth.test, chat.postMessage, chat.update,
-// chat.postEphemeral, reactions.add, reactions.remove, conversations.history and
-// conversations.replies (form arguments only; bot token). Errors are HTTP 200 with
+// chat.delete, chat.postEphemeral, reactions.add, reactions.remove, conversations.history and
+// conversations.replies (form arguments only; bot token). chat.update and chat.delete work on the
+// bot's own live messages (message_not_found otherwise); chat.update replaces the text, and the
+// blocks and metadata only when given (as Slack documents); the conversations.* methods show
+// messages as they are now (edits applied, deleted ones gone). Errors are HTTP 200 with
 // {"ok":false,"error":...}; injected rate limits are HTTP 429 + Retry-After + error "ratelimited".
 // Socket Mode: single-use tickets, `hello` first, at most max_connections sockets (the next one is
 // told `disconnect` reason too_many_websockets and closed), envelopes delivered round-robin to
@@ -25,12 +28,13 @@
 
 namespace parley::testing {
 
-// A chat.postMessage / chat.update / chat.postEphemeral call that was answered ok.
+// A chat.postMessage / chat.update / chat.delete / chat.postEphemeral call that was answered ok.
 struct SlackPostedMessage {
-  std::string method;  // "chat.postMessage", "chat.update", "chat.postEphemeral", "response_url"
+  // "chat.postMessage", "chat.update", "chat.delete", "chat.postEphemeral", "response_url"
+  std::string method;
   std::string channel;
   std::string ts;         // assigned ts (postMessage), edited ts (update), message_ts (ephemeral)
-  std::string thread_ts;  // empty when absent
+  std::string thread_ts;  // empty when absent (chat.update: the edited message's thread)
   std::string user;       // postEphemeral's recipient
   std::string text;
   nlohmann::json blocks;    // null when absent
@@ -124,6 +128,12 @@ class SlackServer {
   void RateLimitNext(const std::string& method, int n, int retry_after_s);
   // The next n calls of `method` get HTTP `status` (5xx) with a JSON error body.
   void FailNext(const std::string& method, int n, int status = 500);
+  // The next n calls of `method` get HTTP 200 {"ok":false,"error":error} (e.g. chat.update's
+  // cant_update_message or edit_window_closed) and change nothing.
+  void ErrorNext(const std::string& method, int n, const std::string& error);
+  // The next n calls of `method` are carried out at once but answered only after delay_ms (a
+  // slow Slack: the caller sees the call in flight that long).
+  void DelayNext(const std::string& method, int n, int delay_ms);
   // Per-channel chat.postMessage token bucket (burst tokens, refilled at per_second); over budget
   // is 429 with Retry-After. per_second <= 0 turns it off (the default).
   void SetPostMessageBudget(double per_second, int burst);
@@ -159,6 +169,9 @@ class SlackServer {
   // ---- Inspection ----
   std::vector<SlackPostedMessage> Messages() const;  // all ok chat.* calls, in order
   std::vector<SlackPostedMessage> Posted() const;    // chat.postMessage only
+  // The bot's messages in `channel` as users see them now, in the order they were posted: edits
+  // applied (text, blocks, metadata; ts, thread_ts of the post), deleted ones left out.
+  std::vector<SlackPostedMessage> Conversation(const std::string& channel) const;
   std::vector<SlackReaction> Reactions() const;
   std::vector<SlackDelivery> Deliveries() const;
   std::vector<SlackAck> Acks() const;

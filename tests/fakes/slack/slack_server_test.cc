@@ -370,6 +370,59 @@ TEST(FakeSlackTest, PostMessageRecordedWithThreadTs) {
   EXPECT_FALSE(reactions[1].added);
 }
 
+TEST(FakeSlackTest, UpdatesAndDeletesChangeTheConversation) {
+  SlackServer server;
+  const std::string bot = server.options().bot_token;
+  const Json meta{{"event_type", "parley_partial"}, {"event_payload", {{"message_id", "m1"}}}};
+  ApiAnswer a = Call(server, "chat.postMessage", bot,
+                     {{"channel", "C0GENERAL"},
+                      {"text", "draft"},
+                      {"thread_ts", "1700000001.000100"},
+                      {"blocks", Json::array({{{"type", "section"}}})},
+                      {"metadata", meta}});
+  ASSERT_EQ(a.body["ok"], true) << a.body.dump();
+  const std::string ts = a.body["ts"];
+  // Text replaced; blocks and metadata kept when not given.
+  a = Call(server, "chat.update", bot, {{"channel", "C0GENERAL"}, {"ts", ts}, {"text", "v2"}});
+  EXPECT_EQ(a.body["ok"], true);
+  auto conv = server.Conversation("C0GENERAL");
+  ASSERT_EQ(conv.size(), 1u);
+  EXPECT_EQ(conv[0].text, "v2");
+  EXPECT_EQ(conv[0].metadata, meta);
+  EXPECT_EQ(conv[0].blocks.size(), 1u);
+  EXPECT_EQ(conv[0].thread_ts, "1700000001.000100");
+  const Json final_meta{{"event_type", "parley_reply"},
+                        {"event_payload", {{"message_id", "m1"}, {"part", 0}}}};
+  a = Call(server, "chat.update", bot,
+           {{"channel", "C0GENERAL"}, {"ts", ts}, {"text", "final"}, {"metadata", final_meta}});
+  EXPECT_EQ(a.body["ok"], true);
+  EXPECT_EQ(server.Conversation("C0GENERAL").at(0).metadata, final_meta);
+  // Injected refusals change nothing.
+  server.ErrorNext("chat.update", 1, "edit_window_closed");
+  a = Call(server, "chat.update", bot, {{"channel", "C0GENERAL"}, {"ts", ts}, {"text", "no"}});
+  EXPECT_EQ(a.status, 200);
+  EXPECT_EQ(a.body["error"], "edit_window_closed");
+  EXPECT_EQ(server.Conversation("C0GENERAL").at(0).text, "final");
+  // A slow answer: the call is carried out at once, answered later.
+  server.DelayNext("chat.update", 1, 200);
+  const auto before = std::chrono::steady_clock::now();
+  a = Call(server, "chat.update", bot, {{"channel", "C0GENERAL"}, {"ts", ts}, {"text", "slow"}});
+  EXPECT_EQ(a.body["ok"], true);
+  EXPECT_GE(std::chrono::steady_clock::now() - before, std::chrono::milliseconds(200));
+  // Deleted: gone from the conversation; later edits and deletes find nothing.
+  a = Call(server, "chat.delete", bot, {{"channel", "C0GENERAL"}, {"ts", ts}});
+  EXPECT_EQ(a.body["ok"], true);
+  EXPECT_TRUE(server.Conversation("C0GENERAL").empty());
+  a = Call(server, "chat.update", bot, {{"channel", "C0GENERAL"}, {"ts", ts}, {"text", "x"}});
+  EXPECT_EQ(a.body["error"], "message_not_found");
+  a = Call(server, "chat.delete", bot, {{"channel", "C0GENERAL"}, {"ts", ts}});
+  EXPECT_EQ(a.body["error"], "message_not_found");
+  a = Call(server, "chat.update", bot,
+           {{"channel", "C0GENERAL"}, {"ts", "1.000001"}, {"text", "x"}});
+  EXPECT_EQ(a.body["error"], "message_not_found");
+  EXPECT_EQ(server.Posted().size(), 1u);
+}
+
 TEST(FakeSlackTest, RateLimitInjectionAndBudget) {
   SlackServer server;
   const std::string bot = server.options().bot_token;
