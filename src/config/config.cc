@@ -730,6 +730,78 @@ class Parser {
     });
   }
 
+  // A list of phrases (non-empty strings, spaces allowed).
+  Handler PhraseListField(std::optional<std::vector<std::string>>* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = StringList(n, key, line, /*word=*/false);
+      if (!v) return;
+      for (size_t i = 0; i < v->size(); ++i) {
+        if ((*v)[i].find_first_not_of(" \t") == std::string::npos) {
+          Error(line, key + "[" + std::to_string(i) + "]", "must not be empty");
+          return;
+        }
+      }
+      *out = std::move(*v);
+    };
+  }
+
+  Handler WordListField(std::vector<std::string>* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      if (auto v = StringList(n, key, line, /*word=*/true)) *out = std::move(*v);
+    };
+  }
+
+  void ReadEscalationQueues(const toml::node& node, const std::string& key, uint32_t line) {
+    ReadTableArray(node, key, line, [this](const toml::table& t, const std::string& item_key,
+                                           uint32_t item_line) {
+      EscalationQueueConfig q;
+      ReadTable(t, item_key,
+                {
+                    {"name", StringField(&q.name)},
+                    {"agents", StringField(&q.agents)},
+                    {"patterns", [this, &q](const toml::node& n, const std::string& k,
+                                            uint32_t l) {
+                       if (auto v = StringList(n, k, l, /*word=*/false)) q.patterns = *v;
+                     }},
+                    {"topics", [this, &q](const toml::node& n, const std::string& k,
+                                          uint32_t l) {
+                       if (auto v = StringList(n, k, l, /*word=*/false)) q.topics = *v;
+                     }},
+                    {"channels", WordListField(&q.channels)},
+                    {"platforms", WordListField(&q.platforms)},
+                    {"policy", BoolField(&q.policy)},
+                    {"priority", IntField(&q.priority, 1, 5)},
+                    {"sla_minutes", IntField(&q.sla_minutes, 0, 525'600)},
+                    {"business_hours", StringField(&q.business_hours)},
+                    {"oncall", StringField(&q.oncall)},
+                    {"agent_users", WordListField(&q.agent_users)},
+                });
+      for (const char* required : {"name", "agents"}) {
+        const std::string k = item_key + "." + required;
+        if (!Given(k)) Error(item_line, k, "required");
+      }
+      const std::string agents_key = item_key + ".agents";
+      if (Given(agents_key) && !Bad(agents_key)) {
+        const size_t colon = q.agents.find(':');
+        const std::string platform = q.agents.substr(0, colon);
+        const bool known = platform == "webhook" || platform == "console" ||
+                           platform == "slack" || platform == "matrix";
+        if (colon == std::string::npos || colon + 1 >= q.agents.size() || !known) {
+          Error(KeyLine(agents_key), agents_key,
+                "must be \"<platform>:<channel>\" with platform webhook, console, slack or "
+                "matrix, got " + Quote(q.agents));
+        }
+      }
+      for (const EscalationQueueConfig& other : config_.escalation.queues) {
+        if (!q.name.empty() && other.name == q.name) {
+          Error(KeyLine(item_key + ".name"), item_key + ".name",
+                "duplicate queue name " + Quote(q.name));
+        }
+      }
+      config_.escalation.queues.push_back(std::move(q));
+    });
+  }
+
   // ---- sections ----
 
   void ReadRoot(const toml::table& root) {
@@ -739,10 +811,6 @@ class Parser {
       const std::string_view name = k.str();
       if (name == "matrix") {
         ReadUnavailable(v, key, line, "this build has no Matrix adapter yet");
-        continue;
-      }
-      if (name == "escalation") {
-        ReadUnavailable(v, key, line, "this build has no escalation desk yet");
         continue;
       }
       Fields fields = SectionFields(name);
@@ -847,6 +915,23 @@ class Parser {
           {"audit_retention_days", IntField(&t.audit_retention_days, 0, 36500)},
           {"http", [this](const toml::node& n, const std::string& key,
                           uint32_t line) { ReadHttpTools(n, key, line); }},
+      };
+    }
+    if (name == "escalation") {
+      EscalationConfig& e = c.escalation;
+      return {
+          {"enabled", BoolField(&e.enabled)},
+          {"request_phrases", PhraseListField(&e.request_phrases)},
+          {"cancel_phrases", PhraseListField(&e.cancel_phrases)},
+          {"low_confidence_turns", IntField(&e.low_confidence_turns, 0, 100)},
+          {"low_confidence", NumberField(&e.low_confidence, 0, 1)},
+          {"negative_feedback", BoolField(&e.negative_feedback)},
+          {"utc_offset_minutes", IntField(&e.utc_offset_minutes, -720, 840)},
+          {"summary_turns", IntField(&e.summary_turns, 1, 50)},
+          {"sla_renotify_minutes", IntField(&e.sla_renotify_minutes, 0, 10'080)},
+          {"waiting_notice_minutes", IntField(&e.waiting_notice_minutes, 0, 1'440)},
+          {"queues", [this](const toml::node& n, const std::string& key,
+                            uint32_t line) { ReadEscalationQueues(n, key, line); }},
       };
     }
     if (name == "webhook") {

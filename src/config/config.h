@@ -143,6 +143,37 @@ struct ToolsConfig {
   int audit_retention_days = 90;
 };
 
+// One queue of human agents ([[escalation.queues]]); see escalation::QueueOptions.
+struct EscalationQueueConfig {
+  std::string name;    // required; letters, digits, '_', '-', '.'
+  std::string agents;  // required; "<platform>:<channel>", e.g. "slack:C0123", "webhook:agents"
+  std::vector<std::string> patterns;   // case-insensitive regexes over the user's text
+  std::vector<std::string> topics;     // the model's stated topic
+  std::vector<std::string> channels;   // source conversations "<platform>:<channel>", globs ok
+  std::vector<std::string> platforms;  // source platforms
+  bool policy = false;  // text matching `patterns` always goes to people, before the bot answers
+  int priority = 3;     // 1 = most urgent .. 5
+  int sla_minutes = 30;          // 0 = no SLA
+  std::string business_hours;    // "" = always; "mon-fri 09:00-17:00, sat 10:00-14:00"
+  std::string oncall;            // mention put in the SLA breach notice
+  std::vector<std::string> agent_users;  // empty: anyone in the agents' channel may act
+};
+
+// [escalation]: the human hand-off desk. Unset optional lists keep the desk's defaults.
+struct EscalationConfig {
+  bool enabled = true;  // active once at least one queue is configured
+  std::optional<std::vector<std::string>> request_phrases;
+  std::optional<std::vector<std::string>> cancel_phrases;
+  int low_confidence_turns = 3;  // 0 = off
+  double low_confidence = 0.35;
+  bool negative_feedback = true;
+  int utc_offset_minutes = 0;  // business hours are in this offset from UTC
+  int summary_turns = 6;
+  int sla_renotify_minutes = 15;
+  int waiting_notice_minutes = 5;
+  std::vector<EscalationQueueConfig> queues;
+};
+
 struct WebhookConfig {
   bool enabled = true;
   Secret secret;                  // HMAC-SHA256 key; required unless insecure_no_auth
@@ -231,6 +262,7 @@ struct Config {
   PolicyConfig policy;
   LlmConfig llm;
   ToolsConfig tools;
+  EscalationConfig escalation;
   WebhookConfig webhook;
   ConsoleConfig console;
   SlackConfig slack;

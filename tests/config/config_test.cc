@@ -601,16 +601,72 @@ TEST(ConfigTest, SeveralErrorsReportedTogetherInFileOrder) {
             "t.toml: knowledge.sources: at least one source is required");
 }
 
+// ---- [escalation] ----
+
+TEST(ConfigTest, EscalationQueuesParsed) {
+  Config c = ParseOk(kBase + R"([escalation]
+request_phrases = ["get me a person", "human"]
+low_confidence_turns = 2
+low_confidence = 0.5
+utc_offset_minutes = 60
+[[escalation.queues]]
+name = "billing"
+agents = "slack:C0AGENTS"
+patterns = ["refund(s)?", "invoice"]
+topics = ["billing"]
+priority = 2
+sla_minutes = 15
+business_hours = "mon-fri 09:00-17:00"
+oncall = "@oncall"
+[[escalation.queues]]
+name = "general"
+agents = "webhook:agents"
+policy = false
+)");
+  const EscalationConfig& e = c.escalation;
+  EXPECT_TRUE(e.enabled);
+  ASSERT_TRUE(e.request_phrases.has_value());
+  EXPECT_EQ(*e.request_phrases, (std::vector<std::string>{"get me a person", "human"}));
+  EXPECT_FALSE(e.cancel_phrases.has_value());
+  EXPECT_EQ(e.low_confidence_turns, 2);
+  EXPECT_DOUBLE_EQ(e.low_confidence, 0.5);
+  EXPECT_EQ(e.utc_offset_minutes, 60);
+  ASSERT_EQ(e.queues.size(), 2u);
+  EXPECT_EQ(e.queues[0].name, "billing");
+  EXPECT_EQ(e.queues[0].agents, "slack:C0AGENTS");
+  EXPECT_EQ(e.queues[0].patterns, (std::vector<std::string>{"refund(s)?", "invoice"}));
+  EXPECT_EQ(e.queues[0].topics, (std::vector<std::string>{"billing"}));
+  EXPECT_EQ(e.queues[0].priority, 2);
+  EXPECT_EQ(e.queues[0].sla_minutes, 15);
+  EXPECT_EQ(e.queues[0].business_hours, "mon-fri 09:00-17:00");
+  EXPECT_EQ(e.queues[0].oncall, "@oncall");
+  EXPECT_EQ(e.queues[1].agents, "webhook:agents");
+  EXPECT_EQ(e.queues[1].sla_minutes, 30);
+}
+
+TEST(ConfigTest, EscalationQueueErrors) {
+  EXPECT_EQ(ErrorOf(kBase + "[[escalation.queues]]\nname = \"a\"\n"),
+            "t.toml:5: escalation.queues[0].agents: required");
+  EXPECT_EQ(ErrorOf(kBase + "[[escalation.queues]]\nname = \"a\"\nagents = \"irc:#help\"\n"),
+            "t.toml:7: escalation.queues[0].agents: must be \"<platform>:<channel>\" with "
+            "platform webhook, console, slack or matrix, got \"irc:#help\"");
+  EXPECT_EQ(ErrorOf(kBase + "[[escalation.queues]]\nname = \"a\"\nagents = \"webhook:x\"\n"
+                    "[[escalation.queues]]\nname = \"a\"\nagents = \"webhook:y\"\n"),
+            "t.toml:9: escalation.queues[1].name: duplicate queue name \"a\"");
+  EXPECT_EQ(ErrorOf(kBase + "[[escalation.queues]]\nname = \"a\"\nagents = \"webhook:x\"\n"
+                    "priority = 9\n"),
+            "t.toml:8: escalation.queues[0].priority: must be between 1 and 5, got 9");
+  EXPECT_EQ(ErrorOf(kBase + "[escalation]\nrequest_phrases = [\"  \"]\n"),
+            "t.toml:6: escalation.request_phrases[0]: must not be empty");
+}
+
 // ---- sections this build does not implement ----
 
 TEST(ConfigTest, FutureSectionsOnlyDisabled) {
   ParseOk(kBase +
-          "[slack]\nenabled = false\n[matrix]\nenabled = false\n[tools]\n[escalation]\n"
-          "enabled = false\n");
+          "[slack]\nenabled = false\n[matrix]\nenabled = false\n[tools]\n");
   EXPECT_EQ(ErrorOf(kBase + "[matrix]\nenabled = false\nhomeserver = \"https://m.org\"\n"),
             "t.toml:7: matrix: this build has no Matrix adapter yet");
-  EXPECT_EQ(ErrorOf(kBase + "[escalation]\nqueues = []\nenabled = true\n"),
-            "t.toml:6: escalation: this build has no escalation desk yet");
   EXPECT_EQ(ErrorOf(kBase + "[tools]\nenabled = \"no\"\n"),
             "t.toml:6: tools.enabled: expected a boolean (true or false), got a string");
   EXPECT_EQ(ErrorOf(kBase + "[tools]\nhttp = 3\n"),
