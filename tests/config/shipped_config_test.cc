@@ -158,6 +158,28 @@ const std::set<std::string> kAllKeys = {
     "tools.http.allow_channels",
     "tools.http.allow_users",
     "tools.http.redact",
+    "escalation.enabled",
+    "escalation.request_phrases",
+    "escalation.cancel_phrases",
+    "escalation.low_confidence_turns",
+    "escalation.low_confidence",
+    "escalation.negative_feedback",
+    "escalation.utc_offset_minutes",
+    "escalation.summary_turns",
+    "escalation.sla_renotify_minutes",
+    "escalation.waiting_notice_minutes",
+    "escalation.queues.name",
+    "escalation.queues.agents",
+    "escalation.queues.patterns",
+    "escalation.queues.topics",
+    "escalation.queues.channels",
+    "escalation.queues.platforms",
+    "escalation.queues.policy",
+    "escalation.queues.priority",
+    "escalation.queues.sla_minutes",
+    "escalation.queues.business_hours",
+    "escalation.queues.oncall",
+    "escalation.queues.agent_users",
     "webhook.enabled",
     "webhook.secret",
     "webhook.insecure_no_auth",
@@ -297,6 +319,20 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.tools.http[0].timeout_ms, example.timeout_ms);
   EXPECT_EQ(c.tools.http[0].max_response_bytes, example.max_response_bytes);
   EXPECT_EQ(c.tools.http[0].confirm, example.confirm);
+  EXPECT_EQ(c.escalation.enabled, d.escalation.enabled);
+  EXPECT_EQ(c.escalation.low_confidence_turns, d.escalation.low_confidence_turns);
+  EXPECT_DOUBLE_EQ(c.escalation.low_confidence, d.escalation.low_confidence);
+  EXPECT_EQ(c.escalation.negative_feedback, d.escalation.negative_feedback);
+  EXPECT_EQ(c.escalation.utc_offset_minutes, d.escalation.utc_offset_minutes);
+  EXPECT_EQ(c.escalation.summary_turns, d.escalation.summary_turns);
+  EXPECT_EQ(c.escalation.sla_renotify_minutes, d.escalation.sla_renotify_minutes);
+  EXPECT_EQ(c.escalation.waiting_notice_minutes, d.escalation.waiting_notice_minutes);
+  ASSERT_EQ(c.escalation.queues.size(), 1u);  // the documented example
+  const config::EscalationQueueConfig queue;
+  EXPECT_EQ(c.escalation.queues[0].policy, queue.policy);
+  EXPECT_EQ(c.escalation.queues[0].priority, queue.priority);
+  EXPECT_EQ(c.escalation.queues[0].sla_minutes, queue.sla_minutes);
+  EXPECT_EQ(c.escalation.queues[0].business_hours, queue.business_hours);
   EXPECT_EQ(c.webhook.default_reply_url, d.webhook.default_reply_url);
   EXPECT_EQ(c.webhook.max_skew_seconds, d.webhook.max_skew_seconds);
   EXPECT_EQ(c.webhook.delivery_timeout_ms, d.webhook.delivery_timeout_ms);
@@ -326,6 +362,11 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.slack.app_token.reveal(), "xapp-1-A1-1-x");
   EXPECT_EQ(c.slack.bot_token.reveal(), "xoxb-1-2-x");
   EXPECT_EQ(c.knowledge.grants.size(), 1u);
+  // The desk's default phrases, shown in full (unset in the struct: the desk's defaults apply).
+  ASSERT_TRUE(c.escalation.request_phrases.has_value());
+  EXPECT_EQ(c.escalation.request_phrases->size(), 6u);
+  ASSERT_TRUE(c.escalation.cancel_phrases.has_value());
+  EXPECT_EQ(c.escalation.cancel_phrases->size(), 5u);
 }
 
 TEST(ShippedConfigTest, HoldsNoLiteralSecrets) {
