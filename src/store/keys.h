@@ -14,6 +14,13 @@
 //   v1/sum/<conv>                           rolling summary of the conversation's older turns (JSON)
 //   v1/confirm/<conv>                       a tool call waiting for the user's confirmation (JSON)
 //   v1/audit/<ts_ms:016>/<turn>/<call_id>   one tool call's audit record (JSON), in time order
+//   v1/esc/seq                              last escalation ticket id issued (decimal)
+//   v1/esc/ticket/<id>                      escalation ticket (JSON, escalation/ticket.h)
+//   v1/esc/open/<conv>                      id of the conversation's open ticket (one at most)
+//   v1/esc/thread/<platform>/<channel>/<thread>  id of the ticket whose card opened this thread
+//   v1/esc/seen/<platform>/<event_id>       an inbound event the desk applied (JSON: ticket, time)
+//   v1/esc/queue/<queue>/<prio>/<ts_ms:016>/<id>  "" — queued (unclaimed) tickets in queue order
+//   v1/esc/streak/<conv>                    low-confidence answers in a row (JSON)
 // <conv> is ConversationKey::Encode() (three escaped parts joined by '/'), and every other variable
 // part is escaped with EscapeKeyPart, so a prefix ending in '/' never matches a longer sibling.
 
@@ -37,6 +44,13 @@ inline constexpr char kSlackThread[] = "v1/slack/thread/";
 inline constexpr char kSummary[] = "v1/sum/";
 inline constexpr char kConfirm[] = "v1/confirm/";
 inline constexpr char kAudit[] = "v1/audit/";
+inline constexpr char kEscSeq[] = "v1/esc/seq";
+inline constexpr char kEscTicket[] = "v1/esc/ticket/";
+inline constexpr char kEscOpen[] = "v1/esc/open/";
+inline constexpr char kEscThread[] = "v1/esc/thread/";
+inline constexpr char kEscSeen[] = "v1/esc/seen/";
+inline constexpr char kEscQueue[] = "v1/esc/queue/";
+inline constexpr char kEscStreak[] = "v1/esc/streak/";
 
 inline std::string MemoryPrefix(const ConversationKey& conv) {
   return kMemory + conv.Encode() + "/";
@@ -72,5 +86,27 @@ inline std::string Audit(int64_t ts_ms, const std::string& turn_id, const std::s
   std::snprintf(ts, sizeof ts, "%016lld", static_cast<long long>(ts_ms));
   return kAudit + std::string(ts) + "/" + EscapeKeyPart(turn_id) + "/" + EscapeKeyPart(call_id);
 }
+
+inline std::string EscTicket(const std::string& id) { return kEscTicket + EscapeKeyPart(id); }
+inline std::string EscOpen(const ConversationKey& conv) { return kEscOpen + conv.Encode(); }
+inline std::string EscThread(const std::string& platform, const std::string& channel,
+                             const std::string& thread) {
+  return kEscThread + EscapeKeyPart(platform) + "/" + EscapeKeyPart(channel) + "/" +
+         EscapeKeyPart(thread);
+}
+inline std::string EscSeen(const std::string& platform, const std::string& event_id) {
+  return kEscSeen + EscapeKeyPart(platform) + "/" + EscapeKeyPart(event_id);
+}
+inline std::string EscQueuePrefix(const std::string& queue) {
+  return kEscQueue + EscapeKeyPart(queue) + "/";
+}
+// prio is one digit (1..5); ts_ms is zero-padded to 16 digits so keys sort in queue order.
+inline std::string EscQueue(const std::string& queue, int prio, int64_t ts_ms,
+                            const std::string& id) {
+  char ts[24];
+  std::snprintf(ts, sizeof ts, "%016lld", static_cast<long long>(ts_ms));
+  return EscQueuePrefix(queue) + std::to_string(prio) + "/" + ts + "/" + EscapeKeyPart(id);
+}
+inline std::string EscStreak(const ConversationKey& conv) { return kEscStreak + conv.Encode(); }
 
 }  // namespace parley::store::keys
