@@ -852,6 +852,9 @@ void SlackAdapter::Attempt(const std::string& channel) {
       [self, channel, d, thread_ts, parts = bodies.size()](ApiResult r) {
         switch (r.outcome) {
           case Outcome::kOk: {
+            if (d->parts_done == 0 && r.body.contains("ts") && r.body["ts"].is_string()) {
+              self->ReportDelivered(channel, *d, r.body["ts"].get<std::string>());
+            }
             d->parts_done += 1;
             d->attempts = 0;
             if (d->parts_done >= static_cast<int>(parts)) {
@@ -873,6 +876,17 @@ void SlackAdapter::Attempt(const std::string& channel) {
         }
       },
       "chat.postMessage/" + channel);
+}
+
+void SlackAdapter::ReportDelivered(const std::string& channel, const Delivery& d,
+                                   const std::string& ts) {
+  DeliveryListener* listener = delivery_listener();
+  if (listener == nullptr || ts.empty()) return;
+  DeliveryReceipt receipt;
+  receipt.message_id = d.id;
+  receipt.conversation = ConversationKey{kPlatform, channel, d.message.conversation.thread};
+  receipt.platform_message_id = ts;
+  listener->OnDelivered(receipt);
 }
 
 void SlackAdapter::Verify(const std::string& channel, Delivery& d) {
@@ -908,6 +922,7 @@ void SlackAdapter::Verify(const std::string& channel, Delivery& d) {
     }
     int confirmed = 0;
     std::string placeholder_ts;  // a streamed placeholder of this reply (parley_partial)
+    std::string first_ts;        // the reply's first part, when Slack has it already
     const json& messages = r.body.contains("messages") ? r.body["messages"] : json();
     if (messages.is_array()) {
       for (const json& m : messages) {
@@ -926,6 +941,10 @@ void SlackAdapter::Verify(const std::string& channel, Delivery& d) {
         }
         const json& part = payload.contains("part") ? payload["part"] : json();
         if (part.is_number_integer()) confirmed = std::max(confirmed, part.get<int>() + 1);
+        if (part.is_number_integer() && part.get<int>() == 0 && m.contains("ts") &&
+            m["ts"].is_string()) {
+          first_ts = m["ts"].get<std::string>();
+        }
       }
     }
     if (confirmed > dp->parts_done) {
@@ -933,6 +952,7 @@ void SlackAdapter::Verify(const std::string& channel, Delivery& d) {
                    confirmed);
       dp->parts_done = confirmed;
     }
+    if (!first_ts.empty()) self->ReportDelivered(channel, *dp, first_ts);
     {
       std::lock_guard<std::mutex> lock(self->mu_);
       auto it = self->streams_.find(dp->id);
@@ -1357,6 +1377,7 @@ void SlackAdapter::AttemptFinalEdit(const std::string& channel, Delivery& d, con
               switch (r.outcome) {
                 case Outcome::kOk:
                   self->stream_edits_final_.Add();
+                  self->ReportDelivered(channel, *dp, ts);
                   dp->parts_done = 1;
                   dp->attempts = 0;
                   if (dp->parts_done >= static_cast<int>(parts)) {

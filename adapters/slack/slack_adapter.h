@@ -180,6 +180,8 @@ class SlackAdapter final : public ChannelAdapter,
   void Attempt(const std::string& channel);
   void AttemptResponseUrl(const std::string& channel, Delivery& d, const SlashRoute& route);
   void Verify(const std::string& channel, Delivery& d);
+  // Tells the delivery listener (if any) that the reply's first part is on Slack as ts.
+  void ReportDelivered(const std::string& channel, const Delivery& d, const std::string& ts);
   void PartDone(const std::string& channel);
   void Retry(const std::string& channel, int64_t delay_ms, const std::string& why);
   void Complete(const std::string& channel, Status outcome);

@@ -57,6 +57,23 @@ class ReplySink {
   virtual void SendPartial(const OutboundMessage& partial) { (void)partial; }
 };
 
+// Where a delivered message landed on its platform, for platforms that name messages themselves
+// (a Slack ts, a Matrix event id): replies in the message's thread carry that id as
+// InboundMessage::thread. Reported after the platform confirmed the post (also when a restart
+// finds the post already made); may come more than once for one message.
+struct DeliveryReceipt {
+  std::string message_id;           // OutboundMessage::id
+  ConversationKey conversation;     // where it was posted (thread empty: the channel's main line)
+  std::string platform_message_id;  // the platform's id of the posted message
+};
+
+// Receives delivery receipts. Thread-safety: called from any thread; must not block for long.
+class DeliveryListener {
+ public:
+  virtual ~DeliveryListener() = default;
+  virtual void OnDelivered(const DeliveryReceipt& receipt) = 0;
+};
+
 // One platform connection. Thread-safety: start/stop from the composition root; send from any
 // thread.
 class ChannelAdapter : public ReplySink {
@@ -66,6 +83,15 @@ class ChannelAdapter : public ReplySink {
   virtual Status Start(InboundSink& sink) = 0;
   // Stops intake; done runs when in-flight platform work has finished.
   virtual void Stop(std::function<void()> done) = 0;
+  // Receipts of delivered messages go here (adapters whose platform names messages report them;
+  // others never call it). Set before Start; the listener must outlive the adapter.
+  void SetDeliveryListener(DeliveryListener* listener) { delivery_listener_ = listener; }
+
+ protected:
+  DeliveryListener* delivery_listener() const { return delivery_listener_; }
+
+ private:
+  DeliveryListener* delivery_listener_ = nullptr;
 };
 
 }  // namespace parley

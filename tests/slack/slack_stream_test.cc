@@ -498,6 +498,72 @@ TEST_F(SlackStreamTest, ReplayAfterCrashEditsThePlaceholderInsteadOfPostingAgain
   EXPECT_EQ(server_.Conversation(kChannel).size(), 1u);
 }
 
+// Collects delivery receipts.
+class Receipts final : public DeliveryListener {
+ public:
+  void OnDelivered(const DeliveryReceipt& receipt) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    all_.push_back(receipt);
+  }
+  std::vector<DeliveryReceipt> all() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return all_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<DeliveryReceipt> all_;
+};
+
+TEST_F(SlackStreamTest, DeliveryReceiptsNameTheMessagesTs) {
+  Receipts receipts;
+  adapter_ = MakeAdapter();
+  adapter_->SetDeliveryListener(&receipts);
+  // A plain post: the receipt carries the ts Slack assigned.
+  OutboundMessage plain = Reply("rc1", "A card for the agents.", "");
+  plain.in_reply_to.clear();
+  ASSERT_TRUE(SendFinal(plain).ok());
+  ASSERT_TRUE(WaitDelivered("rc1"));
+  ASSERT_TRUE(parley::testing::WaitFor([&] { return receipts.all().size() == 1; }));
+  const std::string posted_ts = server_.Posted().at(0).ts;
+  ASSERT_FALSE(posted_ts.empty());
+  EXPECT_EQ(receipts.all()[0].message_id, "rc1");
+  EXPECT_EQ(receipts.all()[0].platform_message_id, posted_ts);
+  EXPECT_EQ(receipts.all()[0].conversation, (ConversationKey{"slack", kChannel, ""}));
+
+  // A streamed answer: the placeholder's ts, which the final edit keeps.
+  OutboundMessage streamed = Reply("rc2", "Streamed to the end.");
+  Partial(streamed, "Streamed");
+  ASSERT_TRUE(WaitPlaceholder());
+  const std::string placeholder_ts = server_.Posted().back().ts;
+  ASSERT_TRUE(SendFinal(streamed).ok());
+  ASSERT_TRUE(WaitDelivered("rc2"));
+  ASSERT_TRUE(parley::testing::WaitFor([&] { return receipts.all().size() == 2; }));
+  EXPECT_EQ(receipts.all()[1].message_id, "rc2");
+  EXPECT_EQ(receipts.all()[1].platform_message_id, placeholder_ts);
+  EXPECT_EQ(receipts.all()[1].conversation.thread, kThread);
+
+  // A replay after a crash finds the post already made and reports it again.
+  StopAdapter();
+  store::OutboxEntry entry;
+  entry.id = plain.id;
+  entry.platform = kPlatform;
+  entry.payload = json(plain).dump();
+  entry.created_ms = SystemClock::Instance().NowMs();
+  store::WriteBatch batch;
+  store::Outbox(*kv_).Put(batch, entry);
+  ASSERT_TRUE(kv_->Write(batch, true).ok());
+  adapter_ = MakeAdapter();
+  adapter_->SetDeliveryListener(&receipts);
+  ASSERT_TRUE(adapter_->ResumeOutbox().ok());
+  ASSERT_TRUE(OutboxEmpty());
+  ASSERT_TRUE(parley::testing::WaitFor([&] { return receipts.all().size() == 3; }));
+  EXPECT_EQ(receipts.all()[2].message_id, "rc1");
+  EXPECT_EQ(receipts.all()[2].platform_message_id, posted_ts);
+  EXPECT_EQ(server_.Posted().size(), 2u);  // nothing posted twice
+  StopAdapter();  // before `receipts` goes
+}
+
 TEST_F(SlackStreamTest, DirectMessageStreamsInTheMainLine) {
   StartAdapter();
   OutboundMessage reply = Reply("r12", "DM answer.", "");

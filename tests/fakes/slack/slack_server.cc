@@ -478,12 +478,18 @@ class SlackServer::Impl {
     return r;
   }
 
+  // Like Slack's: the posting time in epoch seconds with six decimals, unique per server (a
+  // message in the same microsecond as the previous one gets the next microsecond).
   std::string NextTs() {
-    uint64_t micros = 100 * (++next_ts_);
+    const uint64_t now = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(
+            std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    next_ts_ = std::max(next_ts_ + 1, now);
     char buf[40];
     std::snprintf(buf, sizeof buf, "%llu.%06llu",
-                  static_cast<unsigned long long>(1700000000 + micros / 1000000),
-                  static_cast<unsigned long long>(micros % 1000000));
+                  static_cast<unsigned long long>(next_ts_ / 1000000),
+                  static_cast<unsigned long long>(next_ts_ % 1000000));
     return buf;
   }
 
