@@ -661,9 +661,13 @@ Result<BlockAction> ParseBlockActions(const json& payload) {
   if (ReadString(first, "value", &a.value) == Field::kWrongType) return WrongType(what, "value");
   if (const json* team = ObjectAt(payload, "team")) a.team_id = StringOr(*team, "id");
   if (const json* ch = ObjectAt(payload, "channel")) a.channel_id = StringOr(*ch, "id");
-  if (const json* msg = ObjectAt(payload, "message")) a.message_ts = StringOr(*msg, "ts");
+  if (const json* msg = ObjectAt(payload, "message")) {
+    a.message_ts = StringOr(*msg, "ts");
+    a.thread_ts = StringOr(*msg, "thread_ts");
+  }
   if (const json* container = ObjectAt(payload, "container")) {
     if (a.message_ts.empty()) a.message_ts = StringOr(*container, "message_ts");
+    if (a.thread_ts.empty()) a.thread_ts = StringOr(*container, "thread_ts");
     if (a.channel_id.empty()) a.channel_id = StringOr(*container, "channel_id");
   }
   if (ReadString(payload, "response_url", &a.response_url) == Field::kWrongType) {

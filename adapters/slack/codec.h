@@ -249,6 +249,7 @@ struct BlockAction {
   std::string team_id;
   std::string channel_id;  // empty outside channels (e.g. App Home)
   std::string message_ts;  // the message carrying the button; empty if none
+  std::string thread_ts;   // that message's thread; empty when it is not in one
   std::string action_id;
   std::string value;
   std::string response_url;

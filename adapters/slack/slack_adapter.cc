@@ -680,6 +680,10 @@ void SlackAdapter::OnBlockAction(const Envelope& envelope) {
                           {"message_ts", action.message_ts},
                           {"at_ms", clock_.NowMs()}}));
   committer_.Submit(std::move(batch), nullptr);
+  if (!action.channel_id.empty()) {
+    control_.OnFeedback(ConversationKey{kPlatform, action.channel_id, action.thread_ts},
+                        action.user_id, action.value, helpful);
+  }
   Refuse(action.channel_id, action.user_id,
          helpful ? "Thanks, glad it helped." : "Thanks for telling me; I'll use it to improve.");
 }

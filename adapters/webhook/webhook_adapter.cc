@@ -8,6 +8,7 @@
 #include "adapters/common/http_json.h"
 #include "adapters/common/reply_stream.h"
 #include "core/ids.h"
+#include "core/percent.h"
 #include "net/backoff.h"
 #include "net/crypto.h"
 
@@ -53,13 +54,8 @@ std::string CallbackBody(const std::string& payload) {
 
 // True when the query asks for a streamed answer: stream=1 or stream=true.
 bool QueryAsksForStream(const std::string& query) {
-  size_t begin = 0;
-  while (begin <= query.size()) {
-    size_t end = query.find('&', begin);
-    if (end == std::string::npos) end = query.size();
-    const std::string pair = query.substr(begin, end - begin);
-    if (pair == "stream=1" || pair == "stream=true") return true;
-    begin = end + 1;
+  for (const auto& [name, value] : ParseQuery(query)) {
+    if (name == "stream" && (value == "1" || value == "true")) return true;
   }
   return false;
 }
@@ -420,6 +416,21 @@ void WebhookAdapter::ScheduleDelivery(store::OutboxEntry entry, int64_t delay_ms
   });
 }
 
+void WebhookAdapter::ReportDelivered(const store::OutboxEntry& entry) {
+  DeliveryListener* listener = delivery_listener();
+  if (listener == nullptr) return;
+  json stored = json::parse(entry.payload, nullptr, false);
+  if (!stored.is_object()) return;
+  DeliveryReceipt receipt;
+  receipt.message_id = entry.id;
+  receipt.conversation.platform = kPlatform;
+  receipt.conversation.channel = stored.value("channel", "");
+  receipt.conversation.thread = stored.value("thread", "");
+  // The callback's "id": a client replies in this message's thread with "thread": id.
+  receipt.platform_message_id = entry.id;
+  listener->OnDelivered(receipt);
+}
+
 void WebhookAdapter::Deliver(store::OutboxEntry entry) {
   if (stopping_) return;  // stays in the outbox; resumed at the next start
   deliveries_in_flight_.Add(1);
@@ -447,6 +458,7 @@ void WebhookAdapter::Deliver(store::OutboxEntry entry) {
         self->delivered_.Add();
         spdlog::info("webhook.delivered turn={} id={} status={} attempts={}",
                      TurnOf(entry.payload), entry.id, status, entry.attempts);
+        self->ReportDelivered(entry);
         return self->DeliveryDone(entry, /*remove=*/true);
       }
       entry.last_error = "HTTP " + std::to_string(status);

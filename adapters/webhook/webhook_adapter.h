@@ -15,7 +15,9 @@
 //   reply_url the stream flag is ignored.
 //   POST /v1/forget {"conversation","thread"?} or {"user"}: deletes memory (signed too).
 // Outbound without a request (the bot speaks first): POSTed to the conversation's latest
-//   reply_url, else to webhook.default_reply_url.
+//   reply_url, else to webhook.default_reply_url. Each delivered callback is reported to the
+//   delivery listener with its own id as the platform id: a client replies in the thread of a
+//   message by sending "thread": that message's id.
 // Thread-safety: thread-safe; HTTP handlers run on io threads.
 
 #include <atomic>
@@ -73,6 +75,8 @@ class WebhookAdapter final : public ChannelAdapter,
 
  private:
   void HandleMessage(const net::HttpRequest& request, net::Responder respond);
+  // Tells the delivery listener (if any) that a callback delivery succeeded.
+  void ReportDelivered(const store::OutboxEntry& entry);
   // Removes and returns the stream waiting for event_id; null when none.
   std::shared_ptr<adapters::StreamedReply> TakeStream(const std::string& event_id);
   void HandleForget(const net::HttpRequest& request, net::Responder respond);

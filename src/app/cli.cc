@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 #include <map>
 #include <string_view>
@@ -17,6 +18,9 @@
 #include "app/commands.h"
 #include "app/logging.h"
 #include "app/runtime.h"
+#include "core/percent.h"
+#include "escalation/desk.h"
+#include "escalation/ticket.h"
 #include "net/http.h"
 #include "store/kv_store.h"
 #include "tools/audit.h"
@@ -356,7 +360,131 @@ int Audit(const config::Config& config, const tools::AuditQuery& query, bool as_
   return 0;
 }
 
+// What `parley escalations` lists or shows.
+struct EscalationsQuery {
+  std::string action;  // "list" | "show"
+  std::string id;      // show
+  escalation::TicketFilter filter;
+};
+
+namespace {
+
+std::string FormatTime(int64_t ms) {
+  if (ms <= 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%SZ", &tm);
+  return buf;
+}
+
+// One line per ticket: id, state, queue, priority, age, conversation, reason, agent.
+std::string FormatTicketLine(const escalation::Ticket& t) {
+  std::string line = "#" + t.id + "  " + escalation::StateName(t.state) + "  queue=" + t.queue +
+                     "  p" + std::to_string(t.priority) + "  opened " +
+                     FormatTime(t.created_ms) + "  " + t.conversation.Display() + "  reason=" +
+                     t.reason;
+  if (!t.agent_name.empty() || !t.agent.empty()) {
+    line += "  agent=" + (t.agent_name.empty() ? t.agent : t.agent_name);
+  }
+  return line;
+}
+
+std::string FormatTicket(const escalation::Ticket& t) {
+  std::string out = FormatTicketLine(t) + "\n";
+  out += "  user: " + (t.user_name.empty() ? t.user : t.user_name + " (" + t.user + ")") + "\n";
+  if (!t.detail.empty()) out += "  detail: " + t.detail + "\n";
+  if (t.claimed_ms > 0) out += "  claimed: " + FormatTime(t.claimed_ms) + "\n";
+  if (t.closed_ms > 0) out += "  closed: " + FormatTime(t.closed_ms) + "\n";
+  if (!t.summary.empty()) out += "  summary:\n    " + t.summary + "\n";
+  out += "  transcript:\n";
+  for (const escalation::TranscriptEntry& e : t.transcript) {
+    out += "    " + FormatTime(e.ts_ms) + " " + e.role + (e.who.empty() ? "" : " " + e.who) +
+           ": " + e.text + "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
+int Escalations(const config::Config& config, const EscalationsQuery& query, bool as_json) {
+  std::vector<escalation::Ticket> tickets;
+  bool daemon = false;
+  auto rt = OpenInProcess(config, daemon);
+  if (daemon) {
+    SayViaDaemon(config);
+    std::string path = "/v1/escalations";
+    if (query.action == "show") {
+      path += "/" + PercentEncode(query.id);
+    } else {
+      path += "?limit=" + std::to_string(query.filter.limit);
+      if (!query.filter.state.empty()) path += "&state=" + PercentEncode(query.filter.state);
+      if (!query.filter.queue.empty()) path += "&queue=" + PercentEncode(query.filter.queue);
+    }
+    net::ClientRequest request = DaemonRequest(config, path, json(), 30'000);
+    request.method = "GET";
+    request.body.clear();
+    auto response = net::BlockingRequest(std::move(request));
+    if (!response.ok()) {
+      std::fprintf(stderr, "parley: cannot reach the daemon at %s: %s\n",
+                   SocketPath(config).c_str(), response.status().message().c_str());
+      return 1;
+    }
+    auto answer = DaemonJson(response->status, response->body);
+    if (!answer.ok()) {
+      std::fprintf(stderr, "parley: %s\n", answer.status().message().c_str());
+      return 1;
+    }
+    try {
+      if (query.action == "show") {
+        tickets.push_back(answer->get<escalation::Ticket>());
+      } else {
+        for (const json& t : answer->value("escalations", json::array())) {
+          tickets.push_back(t.get<escalation::Ticket>());
+        }
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "parley: the daemon sent a ticket this version cannot read: %s\n",
+                   e.what());
+      return 1;
+    }
+  } else {
+    if (!rt) return 1;
+    if (query.action == "show") {
+      auto ticket = rt->desk->Get(query.id);
+      if (!ticket.ok()) {
+        std::fprintf(stderr, "parley: %s\n", ticket.status().message().c_str());
+        return 1;
+      }
+      tickets.push_back(std::move(ticket).value());
+    } else {
+      auto listed = rt->desk->List(query.filter);
+      if (!listed.ok()) {
+        std::fprintf(stderr, "parley: %s\n", listed.status().ToString().c_str());
+        return 1;
+      }
+      tickets = std::move(listed).value();
+    }
+  }
+  for (const escalation::Ticket& t : tickets) {
+    if (as_json) {
+      std::cout << json(t).dump() << "\n";
+    } else {
+      std::cout << (query.action == "show" ? FormatTicket(t) : FormatTicketLine(t) + "\n");
+    }
+  }
+  std::cout.flush();
+  if (!as_json && tickets.empty()) std::fprintf(stderr, "parley: no escalations\n");
+  return 0;
+}
+
 int CheckConfig(const config::Config& config) {
+  Status desk = escalation::Validate(DeskOptionsFrom(config.escalation));
+  if (!desk.ok()) {
+    std::fprintf(stderr, "%s: %s\n", config.file.c_str(), desk.message().c_str());
+    return 2;
+  }
   std::cout << "config OK: " << config.file << "\n"
             << "  listen " << config.server.listen << ", store " << config.store.path << ", "
             << config.knowledge.sources.size() << " knowledge source(s), webhook "
@@ -365,6 +493,10 @@ int CheckConfig(const config::Config& config) {
                                                      : "on (signed)")
                     : "off")
             << ", responder " << (config.llm.enabled ? "LLM" : "embedded (extractive)")
+            << ", escalation "
+            << (config.escalation.enabled && !config.escalation.queues.empty()
+                    ? std::to_string(config.escalation.queues.size()) + " queue(s)"
+                    : "off")
             << std::endl;
   return 0;
 }
@@ -382,6 +514,7 @@ constexpr char kUsage[] =
     "  check-config   validate the configuration and exit\n"
     "  say TEXT       have the running daemon write first in a conversation\n"
     "  audit          list the tool calls the LLM made (newest first)\n"
+    "  escalations    list the hand-offs to human agents, or show one\n"
     "  version        print the version\n"
     "\n"
     "Every command takes --config FILE (default: $PARLEY_CONFIG, else config/parley.toml)\n"
@@ -396,6 +529,12 @@ const std::map<std::string, std::string>& CommandHelp() {
        "arguments (redacted fields as \"***\"). DURATION is e.g. 30m, 2h, 7d.\n--json prints "
        "one JSON record per line. When a daemon is running on the same store,\nthe list comes "
        "through it.\n"},
+      {"escalations",
+       "usage: parley escalations list [--state STATE] [--queue NAME] [--limit N] [--json]\n"
+       "       parley escalations show ID [--json]          [--config FILE]\n\nLists the "
+       "escalation tickets, newest first (STATE: open, queued, claimed, resolved,\n"
+       "returned_to_bot, abandoned), or shows one with its transcript. When a daemon is\n"
+       "running on the same store, the list comes through it.\n"},
       {"serve",
        "usage: parley serve [--config FILE]\n\nRuns the daemon: the adapters enabled in the "
        "config, the engine, /healthz, /readyz and /metrics.\nSIGTERM or SIGINT drains turns in "
@@ -456,6 +595,7 @@ int Main(int argc, char** argv) {
   bool as_json = false;
   tools::AuditQuery audit_query;
   audit_query.limit = 50;
+  EscalationsQuery escalations_query;
   std::vector<std::string> positional;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -503,6 +643,27 @@ int Main(int argc, char** argv) {
       if (!value(audit_query.conversation) || audit_query.conversation.empty()) {
         return UsageError("--conversation needs PLATFORM:CHANNEL", command);
       }
+    } else if (a == "--state" && command == "escalations") {
+      if (!value(escalations_query.filter.state)) return UsageError("--state needs a state", command);
+      escalation::TicketState state;
+      const std::string& st = escalations_query.filter.state;
+      if (st != "open" && !escalation::ParseState(st, state)) {
+        return UsageError("unknown state \"" + st + "\"", command);
+      }
+    } else if (a == "--queue" && command == "escalations") {
+      if (!value(escalations_query.filter.queue) || escalations_query.filter.queue.empty()) {
+        return UsageError("--queue needs a name", command);
+      }
+    } else if (a == "--limit" && command == "escalations") {
+      std::string limit;
+      if (!value(limit) || limit.empty() || limit.size() > 5 ||
+          !std::all_of(limit.begin(), limit.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+          std::stoul(limit) == 0) {
+        return UsageError("--limit needs a number from 1", command);
+      }
+      escalations_query.filter.limit = static_cast<size_t>(std::stoul(limit));
+    } else if (a == "--json" && command == "escalations") {
+      as_json = true;
     } else if (a.rfind("--", 0) == 0 && a.size() > 2) {
       return UsageError("unknown option " + a, command);
     } else {
@@ -512,6 +673,18 @@ int Main(int argc, char** argv) {
   if (command == "version") {
     std::printf("parley %s\n", kVersion);
     return 0;
+  }
+  if (command == "escalations") {
+    const std::string action = positional.empty() ? "" : positional[0];
+    if (action == "list" && positional.size() == 1) {
+      escalations_query.action = action;
+    } else if (action == "show" && positional.size() == 2) {
+      escalations_query.action = action;
+      escalations_query.id = positional[1];
+    } else {
+      return UsageError("use: escalations list [options] | escalations show ID", command);
+    }
+    positional.clear();
   }
   const bool takes_text = command == "ask" || command == "say";
   if (takes_text ? positional.size() != 1 : !positional.empty()) {
@@ -541,6 +714,7 @@ int Main(int argc, char** argv) {
   if (command == "ingest") return IngestCommand(*config);
   if (command == "say") return Say(*config, platform, conversation, thread, positional[0]);
   if (command == "audit") return Audit(*config, audit_query, as_json);
+  if (command == "escalations") return Escalations(*config, escalations_query, as_json);
   return CheckConfig(*config);
 }
 

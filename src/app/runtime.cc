@@ -62,6 +62,65 @@ void MemoryControl::ForgetUser(const std::string& platform, const std::string& u
   });
 }
 
+void MemoryControl::OnFeedback(const ConversationKey& conversation, const std::string& user,
+                               const std::string& message_id, bool helpful) {
+  if (!feedback_) return;
+  boost::asio::post(work_, [handler = feedback_, conversation, user, message_id, helpful] {
+    handler(conversation, user, message_id, helpful);
+  });
+}
+
+escalation::DeskOptions DeskOptionsFrom(const config::EscalationConfig& c) {
+  escalation::DeskOptions o;
+  o.enabled = c.enabled;
+  if (c.request_phrases) o.request_phrases = *c.request_phrases;
+  if (c.cancel_phrases) o.cancel_phrases = *c.cancel_phrases;
+  o.low_confidence_turns = c.low_confidence_turns;
+  o.low_confidence = c.low_confidence;
+  o.negative_feedback = c.negative_feedback;
+  o.utc_offset_minutes = c.utc_offset_minutes;
+  o.summary_turns = c.summary_turns;
+  o.sla_renotify_minutes = c.sla_renotify_minutes;
+  o.waiting_notice_minutes = c.waiting_notice_minutes;
+  for (const config::EscalationQueueConfig& q : c.queues) {
+    escalation::QueueOptions queue;
+    queue.name = q.name;
+    queue.agents = q.agents;
+    queue.patterns = q.patterns;
+    queue.topics = q.topics;
+    queue.channels = q.channels;
+    queue.platforms = q.platforms;
+    queue.policy = q.policy;
+    queue.priority = q.priority;
+    queue.sla_minutes = q.sla_minutes;
+    queue.business_hours = q.business_hours;
+    queue.oncall = q.oncall;
+    queue.agent_users = q.agent_users;
+    o.queues.push_back(std::move(queue));
+  }
+  return o;
+}
+
+bool DeskBridge::BeforeTurn(const InboundMessage& message) {
+  return desk_.BeforeTurn(message).handled;
+}
+
+void DeskBridge::AfterTurn(const InboundMessage& message, engine::TurnOutput& out) {
+  escalation::TurnInfo info;
+  info.outcome = out.outcome;
+  info.escalate_topic = out.escalation_topic;
+  info.escalate_reason = out.escalation_reason;
+  (void)desk_.AfterTurn(message, out.reply, info);
+}
+
+void DeskBridge::OnDelivered(const DeliveryReceipt& receipt) {
+  Status s = desk_.OnDelivered(receipt);
+  if (!s.ok()) {
+    spdlog::warn("escalation.receipt_failed message={} error=\"{}\"", receipt.message_id,
+                 s.ToString());
+  }
+}
+
 Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   std::unique_ptr<Runtime> rt(new Runtime());
   rt->config = config;
@@ -89,6 +148,28 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   router_options.dedupe_ttl_ms = int64_t{config.store.dedupe_hours} * 3600 * 1000;
   rt->router = std::make_unique<engine::Router>(rt->io, *rt->engine, *rt->kv, *rt->committer,
                                                 rt->replies, clock, router_options, rt->metrics);
+  auto desk = escalation::Desk::Open(DeskOptionsFrom(config.escalation), *rt->kv, rt->replies,
+                                     clock, rt->metrics, rt->memory.get());
+  if (!desk.ok()) return desk.status();
+  rt->desk = std::move(desk.value());
+  if (rt->desk->active()) {
+    rt->desk_bridge = std::make_unique<DeskBridge>(*rt->desk);
+    rt->router->SetHooks(rt->desk_bridge.get());
+    escalation::Desk* desk_ptr = rt->desk.get();
+    rt->control->SetFeedbackHandler([desk_ptr](const ConversationKey& conversation,
+                                               const std::string& user,
+                                               const std::string& message_id, bool helpful) {
+      if (helpful) return;
+      escalation::FeedbackEvent feedback;
+      feedback.conversation = conversation;
+      feedback.user = user;
+      feedback.message_id = message_id;
+      escalation::DeskResult r = desk_ptr->OnNegativeFeedback(feedback);
+      if (!r.status.ok()) {
+        spdlog::error("escalation.feedback_failed error=\"{}\"", r.status.ToString());
+      }
+    });
+  }
   rt->http = net::MakeCurlHttpClient(rt->io);
   if (config.llm.enabled) {
     Status llm = rt->EnableLlm();

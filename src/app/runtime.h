@@ -2,6 +2,7 @@
 // The composition root: builds every module from the configuration and wires them together.
 // Only src/app names concrete classes from several modules.
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -18,6 +19,8 @@
 #include "core/metrics.h"
 #include "engine/engine.h"
 #include "engine/router.h"
+#include "engine/turn_hooks.h"
+#include "escalation/desk.h"
 #include "knowledge/knowledge.h"
 #include "llm/client.h"
 #include "net/http.h"
@@ -56,10 +59,35 @@ class MemoryControl final : public ConversationControl {
   void Forget(const ConversationKey& conversation, ForgetCallback done) override;
   void ForgetUser(const std::string& platform, const std::string& user,
                   ForgetCallback done) override;
+  // Feedback goes to handler, on the work pool (it may write to the store). Set before adapters
+  // start.
+  using FeedbackHandler = std::function<void(const ConversationKey& conversation,
+                                             const std::string& user,
+                                             const std::string& message_id, bool helpful)>;
+  void SetFeedbackHandler(FeedbackHandler handler) { feedback_ = std::move(handler); }
+  void OnFeedback(const ConversationKey& conversation, const std::string& user,
+                  const std::string& message_id, bool helpful) override;
 
  private:
   store::ConversationMemory& memory_;
   boost::asio::thread_pool& work_;
+  FeedbackHandler feedback_;
+};
+
+// The desk's options from the configuration (unset lists keep the desk's defaults).
+escalation::DeskOptions DeskOptionsFrom(const config::EscalationConfig& config);
+
+// Connects the escalation desk to the router (before/after every turn) and to the adapters'
+// delivery receipts. Thread-safety: as the Desk (thread-safe).
+class DeskBridge final : public engine::TurnHooks, public DeliveryListener {
+ public:
+  explicit DeskBridge(escalation::Desk& desk) : desk_(desk) {}
+  bool BeforeTurn(const InboundMessage& message) override;
+  void AfterTurn(const InboundMessage& message, engine::TurnOutput& out) override;
+  void OnDelivered(const DeliveryReceipt& receipt) override;
+
+ private:
+  escalation::Desk& desk_;
 };
 
 // Everything a turn needs, opened from the configuration. Members are public: this is wiring.
@@ -93,6 +121,8 @@ class Runtime {
   std::unique_ptr<engine::Engine> engine;
   PlatformReplySink replies;
   std::unique_ptr<engine::Router> router;
+  std::unique_ptr<escalation::Desk> desk;  // always open; active() once a queue is configured
+  std::unique_ptr<DeskBridge> desk_bridge;  // set on the router when the desk is active
 
  private:
   Runtime() = default;

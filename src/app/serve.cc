@@ -25,6 +25,9 @@
 #include "app/runtime.h"
 #include "core/clock.h"
 #include "core/ids.h"
+#include "core/percent.h"
+#include "escalation/desk.h"
+#include "escalation/ticket.h"
 #include "net/http.h"
 #include "tools/audit.h"
 #include "store/records.h"
@@ -63,6 +66,62 @@ void ScheduleSweep(Runtime& rt, std::shared_ptr<boost::asio::steady_timer> timer
     });
     ScheduleSweep(rt, timer);
   });
+}
+
+// Every 5 s: the escalation desk's SLA timers (synced writes: on the work pool).
+void ScheduleDeskTick(Runtime& rt, std::shared_ptr<boost::asio::steady_timer> timer) {
+  timer->expires_after(std::chrono::seconds(5));
+  timer->async_wait([&rt, timer](boost::system::error_code ec) {
+    if (ec) return;
+    boost::asio::post(rt.work, [&rt] {
+      escalation::DeskResult r = rt.desk->Tick();
+      if (!r.status.ok()) {
+        spdlog::error("escalation.tick_failed error=\"{}\"", r.status.ToString());
+      }
+    });
+    ScheduleDeskTick(rt, timer);
+  });
+}
+
+// GET /v1/escalations[?state=S&queue=Q&limit=N] and GET /v1/escalations/ID.
+net::HttpResponse EscalationsResponse(Runtime& rt, const net::HttpRequest& req) {
+  if (req.method != "GET") return JsonError(405, "method_not_allowed", "use GET");
+  const std::string prefix = "/v1/escalations/";
+  if (req.path.rfind(prefix, 0) == 0) {
+    auto ticket = rt.desk->Get(req.path.substr(prefix.size()));
+    if (!ticket.ok()) {
+      return ticket.status().code() == Status::Code::kNotFound
+                 ? JsonError(404, "not_found", ticket.status().message())
+                 : JsonError(503, "unavailable", ticket.status().message());
+    }
+    return Json(200, json(*ticket));
+  }
+  escalation::TicketFilter filter;
+  for (const auto& [key, value] : ParseQuery(req.query)) {
+    if (key == "state") {
+      escalation::TicketState state;
+      if (value != "open" && !value.empty() && !escalation::ParseState(value, state)) {
+        return JsonError(400, "invalid_state",
+                         "state must be open, queued, claimed, resolved, returned_to_bot or "
+                         "abandoned");
+      }
+      filter.state = value;
+    } else if (key == "queue") {
+      filter.queue = value;
+    } else if (key == "limit") {
+      char* end = nullptr;
+      const long n = std::strtol(value.c_str(), &end, 10);
+      if (end == value.c_str() || *end != '\0' || n < 1 || n > 10'000) {
+        return JsonError(400, "invalid_limit", "limit must be 1..10000");
+      }
+      filter.limit = static_cast<size_t>(n);
+    } else {
+      return JsonError(400, "unknown_parameter", "unknown query parameter: " + key);
+    }
+  }
+  auto tickets = rt.desk->List(filter);
+  if (!tickets.ok()) return JsonError(503, "unavailable", tickets.status().message());
+  return Json(200, json{{"escalations", json(*tickets)}});
 }
 
 // Every 10 s: after a burst (thousands of turns waiting on a slow model at once) glibc keeps the
@@ -126,6 +185,7 @@ int Serve(const config::Config& config) {
                                                      *rt.committer, *rt.control,
                                                      SystemClock::Instance(), rt.metrics);
     rt.replies.Register(*hook);
+    if (rt.desk_bridge) hook->SetDeliveryListener(rt.desk_bridge.get());
   }
   console::ConsoleAdapter console(*rt.control, config.console.user);
   rt.replies.Register(console);
@@ -142,6 +202,7 @@ int Serve(const config::Config& config) {
           // begin_shutdown is assigned before the io threads start, so before this can run.
         });
     rt.replies.Register(*slack_adapter);
+    if (rt.desk_bridge) slack_adapter->SetDeliveryListener(rt.desk_bridge.get());
   }
 
   auto ops = [&](const net::HttpRequest& req, net::Responder& respond) -> bool {
@@ -155,6 +216,8 @@ int Serve(const config::Config& config) {
                 {"chunks", rt.index->ChunkCount()}};
       if (slack_adapter) body["slack_sockets"] = sockets;
       respond(Json(ok ? 200 : 503, body));
+    } else if (req.path == "/v1/escalations" || req.path.rfind("/v1/escalations/", 0) == 0) {
+      respond(EscalationsResponse(rt, req));
     } else if (req.path == "/metrics") {
       net::HttpResponse r;
       r.content_type = "text/plain; version=0.0.4";
@@ -292,6 +355,8 @@ int Serve(const config::Config& config) {
   ScheduleSweep(rt, sweep);
   auto trim = std::make_shared<boost::asio::steady_timer>(rt.io);
   ScheduleTrim(rt, trim);
+  auto desk_tick = std::make_shared<boost::asio::steady_timer>(rt.io);
+  if (rt.desk->active()) ScheduleDeskTick(rt, desk_tick);
 
   // SIGTERM/SIGINT: stop accepting, finish turns in flight, flush, exit 0.
   std::promise<void> finished;
@@ -312,6 +377,7 @@ int Serve(const config::Config& config) {
     local_server.Stop();
     sweep->cancel();
     trim->cancel();
+    desk_tick->cancel();
     deadline->expires_after(std::chrono::seconds(10));
     deadline->async_wait([&](boost::system::error_code e) {
       if (e) return;

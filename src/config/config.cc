@@ -771,7 +771,7 @@ class Parser {
                     {"platforms", WordListField(&q.platforms)},
                     {"policy", BoolField(&q.policy)},
                     {"priority", IntField(&q.priority, 1, 5)},
-                    {"sla_minutes", IntField(&q.sla_minutes, 0, 525'600)},
+                    {"sla_minutes", NumberField(&q.sla_minutes, 0, 525'600)},
                     {"business_hours", StringField(&q.business_hours)},
                     {"oncall", StringField(&q.oncall)},
                     {"agent_users", WordListField(&q.agent_users)},

@@ -153,7 +153,7 @@ struct EscalationQueueConfig {
   std::vector<std::string> platforms;  // source platforms
   bool policy = false;  // text matching `patterns` always goes to people, before the bot answers
   int priority = 3;     // 1 = most urgent .. 5
-  int sla_minutes = 30;          // 0 = no SLA
+  double sla_minutes = 30;       // 0 = no SLA; fractions allowed
   std::string business_hours;    // "" = always; "mon-fri 09:00-17:00, sat 10:00-14:00"
   std::string oncall;            // mention put in the SLA breach notice
   std::vector<std::string> agent_users;  // empty: anyone in the agents' channel may act

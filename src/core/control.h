@@ -24,6 +24,15 @@ class ConversationControl {
   // Deletes what the user said on platform, and the answers to it.
   virtual void ForgetUser(const std::string& platform, const std::string& user,
                           ForgetCallback done) = 0;
+  // A user rated one of the bot's answers (message_id: the OutboundMessage id) in conversation.
+  // Returns at once. Default: ignored.
+  virtual void OnFeedback(const ConversationKey& conversation, const std::string& user,
+                          const std::string& message_id, bool helpful) {
+    (void)conversation;
+    (void)user;
+    (void)message_id;
+    (void)helpful;
+  }
 };
 
 }  // namespace parley

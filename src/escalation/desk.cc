@@ -17,6 +17,18 @@ namespace parley::escalation {
 namespace {
 
 constexpr int64_t kMinuteMs = 60'000;
+
+int64_t MinutesMs(double minutes) { return static_cast<int64_t>(minutes * kMinuteMs + 0.5); }
+
+// "30", "0.5", "1.25": minutes without trailing zeros.
+std::string MinutesText(double minutes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f", minutes);
+  std::string text = buf;
+  while (!text.empty() && text.back() == '0') text.pop_back();
+  if (!text.empty() && text.back() == '.') text.pop_back();
+  return text;
+}
 constexpr int64_t kSeenTtlMs = 7LL * 24 * 3600 * 1000;
 constexpr int64_t kSweepEveryMs = 3600 * 1000;
 constexpr size_t kMaxMatchChars = 4000;
@@ -585,7 +597,7 @@ Ticket Desk::NewTicket(Txn& txn, const ConversationKey& conversation, const std:
   t.queue = q.options.name;
   t.priority = q.options.priority;
   if (q.options.sla_minutes > 0) {
-    t.sla_due_ms = SlaDue(q, now, q.options.sla_minutes * kMinuteMs);
+    t.sla_due_ms = SlaDue(q, now, MinutesMs(q.options.sla_minutes));
   }
   t.summary = summarizer_ ? summarizer_(t) : DefaultSummary(t);
   const std::string card_id = MsgId(t.id, source, "card");
@@ -919,7 +931,7 @@ DeskResult Desk::HandleAgentMessage(std::unique_lock<std::mutex>& lock, const In
       t.queued_ms = now;
       t.sla_stage = 0;
       t.sla_due_ms =
-          to->options.sla_minutes > 0 ? SlaDue(*to, now, to->options.sla_minutes * kMinuteMs) : 0;
+          to->options.sla_minutes > 0 ? SlaDue(*to, now, MinutesMs(to->options.sla_minutes)) : 0;
       t.card_thread.clear();
       t.transcript.push_back({"system", agent_name,
                               "transferred from " + from + " to " + t.queue + " by " + agent_name,
@@ -1194,7 +1206,7 @@ DeskResult Desk::Tick() {
     ++t.sla_stage;
     const std::string source = "sla" + std::to_string(t.sla_stage);
     const std::string waited = std::to_string((now - t.queued_ms) / kMinuteMs) + " min";
-    const std::string sla = std::to_string(q->options.sla_minutes) + " min";
+    const std::string sla = MinutesText(q->options.sla_minutes) + " min";
     std::string agents_text;
     if (t.sla_stage == 2) {
       t.priority = std::max(1, t.priority - 1);
@@ -1215,7 +1227,7 @@ DeskResult Desk::Tick() {
                              MsgId(id, source, "u"), ""));
     t.last_notice_ms = now;
     if (t.sla_stage == 1) {
-      t.sla_due_ms = SlaDue(*q, now, q->options.sla_minutes * kMinuteMs);
+      t.sla_due_ms = SlaDue(*q, now, MinutesMs(q->options.sla_minutes));
     } else if (options_.sla_renotify_minutes > 0) {
       t.sla_due_ms = SlaDue(*q, now, options_.sla_renotify_minutes * kMinuteMs);
     } else {

@@ -82,13 +82,8 @@ struct FeedbackEvent {
   std::string reply_route;  // if the adapter has one for the conversation
 };
 
-// An adapter's report of where a message landed.
-struct DeliveryReceipt {
-  std::string message_id;           // OutboundMessage::id
-  ConversationKey conversation;     // where it was posted (thread empty: the channel's main line)
-  std::string platform_message_id;  // the platform's id of the posted message (Slack ts, ...):
-                                    // replies in its thread carry it as InboundMessage::thread
-};
+// An adapter's report of where a message landed (core/channel.h).
+using DeliveryReceipt = ::parley::DeliveryReceipt;
 
 struct TicketFilter {
   std::string state;  // StateName spelling, or "open" (queued or claimed); "" = any

@@ -28,7 +28,8 @@ struct QueueOptions {
   // A message matching `patterns` ALWAYS goes to people, before the bot answers.
   bool policy = false;
   int priority = 3;      // 1 = most urgent .. 5
-  int sla_minutes = 30;  // unclaimed longer than this (in business time) is a breach; 0 = no SLA
+  // Unclaimed longer than this (in business time) is a breach; 0 = no SLA. Fractions allowed.
+  double sla_minutes = 30;
   // "" = always open; "mon-fri 09:00-17:00" or "mon-fri 09:00-17:00, sat 10:00-14:00"
   // (see business_hours.h), in DeskOptions::utc_offset_minutes.
   std::string business_hours;

@@ -637,11 +637,11 @@ policy = false
   EXPECT_EQ(e.queues[0].patterns, (std::vector<std::string>{"refund(s)?", "invoice"}));
   EXPECT_EQ(e.queues[0].topics, (std::vector<std::string>{"billing"}));
   EXPECT_EQ(e.queues[0].priority, 2);
-  EXPECT_EQ(e.queues[0].sla_minutes, 15);
+  EXPECT_DOUBLE_EQ(e.queues[0].sla_minutes, 15);
   EXPECT_EQ(e.queues[0].business_hours, "mon-fri 09:00-17:00");
   EXPECT_EQ(e.queues[0].oncall, "@oncall");
   EXPECT_EQ(e.queues[1].agents, "webhook:agents");
-  EXPECT_EQ(e.queues[1].sla_minutes, 30);
+  EXPECT_DOUBLE_EQ(e.queues[1].sla_minutes, 30);
 }
 
 TEST(ConfigTest, EscalationQueueErrors) {

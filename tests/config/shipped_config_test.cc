@@ -331,7 +331,7 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   const config::EscalationQueueConfig queue;
   EXPECT_EQ(c.escalation.queues[0].policy, queue.policy);
   EXPECT_EQ(c.escalation.queues[0].priority, queue.priority);
-  EXPECT_EQ(c.escalation.queues[0].sla_minutes, queue.sla_minutes);
+  EXPECT_DOUBLE_EQ(c.escalation.queues[0].sla_minutes, queue.sla_minutes);
   EXPECT_EQ(c.escalation.queues[0].business_hours, queue.business_hours);
   EXPECT_EQ(c.webhook.default_reply_url, d.webhook.default_reply_url);
   EXPECT_EQ(c.webhook.max_skew_seconds, d.webhook.max_skew_seconds);
