@@ -202,7 +202,8 @@ Status Runtime::EnableLlm() {
     if (config.tools.search_knowledge) {
       enabled.emplace_back(tools::MakeSearchKnowledgeTool(io, *index, 5), tools::ToolRules{});
     }
-    if (config.tools.escalate_to_human) {
+    // Offered only when there are people to hand over to (an active escalation desk).
+    if (config.tools.escalate_to_human && desk != nullptr && desk->active()) {
       enabled.emplace_back(tools::MakeEscalateTool(io), tools::ToolRules{});
     }
     for (const config::HttpToolConfig& spec : config.tools.http) {
