@@ -70,4 +70,16 @@ bool CallbackServer::WaitDelivered(size_t n, int timeout_ms) const {
   });
 }
 
+bool CallbackServer::WaitUntil(
+    const std::function<bool(const std::vector<ReceivedCallback>&)>& pred, int timeout_ms) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] {
+    std::vector<ReceivedCallback> delivered;
+    for (const auto& r : received_) {
+      if (r.answered_status >= 200 && r.answered_status < 300) delivered.push_back(r);
+    }
+    return pred(delivered);
+  });
+}
+
 }  // namespace parley::testing

@@ -5,6 +5,7 @@
 // Thread-safety: thread-safe.
 
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -39,6 +40,11 @@ class CallbackServer {
   std::vector<ReceivedCallback> Delivered() const;
   // Waits until at least n requests were answered 2xx, up to timeout_ms. Returns whether they were.
   bool WaitDelivered(size_t n, int timeout_ms) const;
+  // Waits until pred(requests answered 2xx, in arrival order) is true, up to timeout_ms; returns
+  // whether it was. pred runs under the server's lock on every arrival: it must be quick and must
+  // not call back into the server.
+  bool WaitUntil(const std::function<bool(const std::vector<ReceivedCallback>&)>& pred,
+                 int timeout_ms) const;
 
  private:
   boost::asio::io_context io_;
