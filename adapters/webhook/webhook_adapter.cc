@@ -433,6 +433,25 @@ void WebhookAdapter::ReportDelivered(const store::OutboxEntry& entry) {
 
 void WebhookAdapter::Deliver(store::OutboxEntry entry) {
   if (stopping_) return;  // stays in the outbox; resumed at the next start
+  if (entry.target.empty()) {
+    // Written by another module (the escalation desk) for a conversation without a reply_url
+    // of its own, and not yet routed (e.g. a crash came first): route it as Send does when the
+    // bot speaks first.
+    json stored = json::parse(entry.payload, nullptr, false);
+    if (stored.is_object()) {
+      const ConversationKey conv{kPlatform, stored.value("channel", ""),
+                                 stored.value("thread", "")};
+      Result<std::string> route = routes_.Get(conv);
+      entry.target = route.ok() ? *route : config_.default_reply_url;
+    }
+    if (entry.target.empty()) {
+      spdlog::warn("webhook.send.no_route id={} (no reply_url known and no default_reply_url; "
+                   "dropped)",
+                   entry.id);
+      deliveries_in_flight_.Add(1);
+      return DeliveryDone(entry, /*remove=*/true);
+    }
+  }
   deliveries_in_flight_.Add(1);
   net::ClientRequest request;
   request.method = "POST";
