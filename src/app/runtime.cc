@@ -114,11 +114,14 @@ void DeskBridge::AfterTurn(const InboundMessage& message, engine::TurnOutput& ou
 }
 
 void DeskBridge::OnDelivered(const DeliveryReceipt& receipt) {
-  Status s = desk_.OnDelivered(receipt);
-  if (!s.ok()) {
-    spdlog::warn("escalation.receipt_failed message={} error=\"{}\"", receipt.message_id,
-                 s.ToString());
-  }
+  escalation::Desk* desk = &desk_;
+  boost::asio::post(work_, [desk, receipt] {
+    Status s = desk->OnDelivered(receipt);
+    if (!s.ok()) {
+      spdlog::warn("escalation.receipt_failed message={} error=\"{}\"", receipt.message_id,
+                   s.ToString());
+    }
+  });
 }
 
 Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
@@ -153,7 +156,7 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   if (!desk.ok()) return desk.status();
   rt->desk = std::move(desk.value());
   if (rt->desk->active()) {
-    rt->desk_bridge = std::make_unique<DeskBridge>(*rt->desk);
+    rt->desk_bridge = std::make_unique<DeskBridge>(*rt->desk, rt->work);
     rt->router->SetHooks(rt->desk_bridge.get());
     escalation::Desk* desk_ptr = rt->desk.get();
     rt->control->SetFeedbackHandler([desk_ptr](const ConversationKey& conversation,

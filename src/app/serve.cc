@@ -217,7 +217,9 @@ int Serve(const config::Config& config) {
       if (slack_adapter) body["slack_sockets"] = sockets;
       respond(Json(ok ? 200 : 503, body));
     } else if (req.path == "/v1/escalations" || req.path.rfind("/v1/escalations/", 0) == 0) {
-      respond(EscalationsResponse(rt, req));
+      // Reads tickets from the store: on the work pool, not an io thread.
+      auto shared = std::make_shared<net::Responder>(std::move(respond));
+      boost::asio::post(rt.work, [&rt, req, shared] { (*shared)(EscalationsResponse(rt, req)); });
     } else if (req.path == "/metrics") {
       net::HttpResponse r;
       r.content_type = "text/plain; version=0.0.4";

@@ -19,6 +19,7 @@
 #include "adapters/common/http_json.h"
 #include "adapters/common/reply_stream.h"
 #include "adapters/console/console_adapter.h"
+#include "tests/support/recording_inbound_sink.h"
 #include "tests/support/io_threads.h"
 #include "tests/support/temp_dir.h"
 
@@ -303,37 +304,7 @@ TEST(StreamedReplyReaderTest, MalformedEventsAreErrorsNotCrashes) {
 using nlohmann::json;
 using parley::testing::WaitFor;
 
-// The router's side: records what arrives and answers intake as told.
-class RecordingSink final : public InboundSink {
- public:
-  void OnInbound(InboundMessage message, IntakeOptions,
-                 std::function<void(IntakeResult)> accepted) override {
-    IntakeResult result;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      messages_.push_back(message);
-      result = next_result_;
-    }
-    accepted(result);
-  }
-  void AnswerNextWith(IntakeResult result) {
-    std::lock_guard<std::mutex> lock(mu_);
-    next_result_ = std::move(result);
-  }
-  size_t count() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return messages_.size();
-  }
-  InboundMessage message(size_t i) {
-    std::lock_guard<std::mutex> lock(mu_);
-    return messages_.at(i);
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<InboundMessage> messages_;
-  IntakeResult next_result_;
-};
+using RecordingSink = parley::testing::RecordingInboundSink;
 
 // What a client of the local API saw: the response head and the decoded stream, observable
 // while the request is still running. Thread-safe.

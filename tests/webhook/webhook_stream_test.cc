@@ -25,6 +25,7 @@
 
 #include "adapters/common/http_json.h"
 #include "adapters/webhook/webhook_adapter.h"
+#include "tests/support/recording_inbound_sink.h"
 #include "tests/support/io_threads.h"
 #include "tests/support/temp_dir.h"
 
@@ -40,39 +41,7 @@ using SteadyClock = std::chrono::steady_clock;
 
 constexpr char kSecret[] = "test-secret";
 
-// The router's side: records what arrives and answers intake as told.
-class FakeSink final : public InboundSink {
- public:
-  void OnInbound(InboundMessage message, IntakeOptions options,
-                 std::function<void(IntakeResult)> accepted) override {
-    IntakeResult result;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      messages_.push_back(message);
-      durable_.push_back(options.durable);
-      result = next_result_;
-    }
-    accepted(result);
-  }
-  void AnswerNextWith(IntakeResult result) {
-    std::lock_guard<std::mutex> lock(mu_);
-    next_result_ = std::move(result);
-  }
-  size_t count() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return messages_.size();
-  }
-  InboundMessage message(size_t i) {
-    std::lock_guard<std::mutex> lock(mu_);
-    return messages_.at(i);
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<InboundMessage> messages_;
-  std::vector<bool> durable_;
-  IntakeResult next_result_;
-};
+using FakeSink = parley::testing::RecordingInboundSink;
 
 class FakeControl final : public ConversationControl {
  public:
