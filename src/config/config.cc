@@ -105,7 +105,18 @@ bool IsHttpUrl(const std::string& url) {
   return false;
 }
 
-// A string value after ${...} expansion, with what was written in the file.
+// Matrix ids: the sigil, a non-empty local part, ':' and a non-empty server name; no spaces or
+// control characters.
+bool IsMatrixId(std::string_view s, char sigil) {
+  if (s.size() < 4 || s[0] != sigil) return false;
+  const size_t colon = s.find(':');
+  if (colon == std::string_view::npos || colon < 2 || colon + 1 >= s.size()) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u > 0x20 && u != 0x7f;
+  });
+}
+
 // Slack ids: one of `prefixes` followed by upper-case letters and digits ("C0123ABCD").
 bool IsSlackId(std::string_view s, std::string_view prefixes) {
   if (s.size() < 2 || prefixes.find(s[0]) == std::string_view::npos) return false;
@@ -117,6 +128,7 @@ bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
 }
 
+// A string value after ${...} expansion, with what was written in the file.
 struct StringValue {
   std::string value;
   std::string raw;
@@ -548,48 +560,145 @@ class Parser {
     return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
       auto v = String(n, key, line);
       if (!v) return;
-      const std::string& url = v->value;
-      if (!IsHttpUrl(url) || url.back() != '/') {
+      if (!IsHttpUrl(v->value) || v->value.back() != '/') {
         Error(line, key,
               "expected an http:// or https:// URL ending in \"/\", got " + v->Describe());
         return;
       }
-      const size_t start = url.find("://") + 3;
-      const size_t end = url.find_first_of("/?#", start);
-      const std::string authority = url.substr(start, end - start);
-      if (authority.find('@') != std::string::npos) {
-        // Not quoted: user info may hold a password.
-        Error(line, key, "must not contain user info (user@ or user:password@)");
-        return;
-      }
-      if (url.find_first_of("?#") != std::string::npos) {
-        Error(line, key, "must not have a query or fragment, got " + v->Describe());
-        return;
-      }
-      std::string host = authority;
-      const size_t bracket = authority.find(']');
-      const size_t colon = authority.find(':', bracket == std::string::npos ? 0 : bracket);
-      if (colon != std::string::npos) {
-        Result<std::pair<std::string, uint16_t>> hp = SplitHostPort(authority);
-        if (!hp.ok()) {
-          Error(line, key,
-                "invalid host or port in " + v->Describe() + ": " + hp.status().message());
-          return;
-        }
-        host = hp->first;
-      }
-      if (host.empty()) {
-        Error(line, key, "has no host, got " + v->Describe());
-        return;
-      }
-      if (StartsWith(url, "http://") && !IsLoopbackHost(host)) {
+      if (CheckApiUrl(*v, key, line)) *out = v->value;
+    };
+  }
+
+  // The homeserver's base URL: as for SlackApiBaseUrlField, without a path of /_matrix; a
+  // trailing "/" is dropped.
+  Handler MatrixHomeserverField(std::string* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      if (!IsHttpUrl(v->value)) {
         Error(line, key,
-              "http:// is allowed only for a loopback host (127.0.0.0/8, [::1], localhost); "
-              "use https://, got " +
+              "expected an http:// or https:// URL, e.g. \"https://matrix.example.org\", got " +
                   v->Describe());
         return;
       }
+      if (v->value.find("/_matrix") != std::string::npos) {
+        Error(line, key,
+              "give the homeserver's base URL without /_matrix/..., got " + v->Describe());
+        return;
+      }
+      if (!CheckApiUrl(*v, key, line)) return;
+      std::string url = v->value;
+      while (url.size() > 8 && url.back() == '/') url.pop_back();
       *out = url;
+    };
+  }
+
+  // An http(s) URL that a token travels to: no user info, query or fragment, a host, and plain
+  // http:// only to a loopback host. Reports the problem and returns false.
+  bool CheckApiUrl(const StringValue& v, const std::string& key, uint32_t line) {
+    const std::string& url = v.value;
+    const size_t start = url.find("://") + 3;
+    const size_t end = url.find_first_of("/?#", start);
+    const std::string authority = url.substr(start, end - start);
+    if (authority.find('@') != std::string::npos) {
+      // Not quoted: user info may hold a password.
+      Error(line, key, "must not contain user info (user@ or user:password@)");
+      return false;
+    }
+    if (url.find_first_of("?#") != std::string::npos) {
+      Error(line, key, "must not have a query or fragment, got " + v.Describe());
+      return false;
+    }
+    std::string host = authority;
+    const size_t bracket = authority.find(']');
+    const size_t colon = authority.find(':', bracket == std::string::npos ? 0 : bracket);
+    if (colon != std::string::npos) {
+      Result<std::pair<std::string, uint16_t>> hp = SplitHostPort(authority);
+      if (!hp.ok()) {
+        Error(line, key, "invalid host or port in " + v.Describe() + ": " + hp.status().message());
+        return false;
+      }
+      host = hp->first;
+    }
+    if (host.empty()) {
+      Error(line, key, "has no host, got " + v.Describe());
+      return false;
+    }
+    if (StartsWith(url, "http://") && !IsLoopbackHost(host)) {
+      Error(line, key,
+            "http:// is allowed only for a loopback host (127.0.0.0/8, [::1], localhost); "
+            "use https://, got " +
+                v.Describe());
+      return false;
+    }
+    return true;
+  }
+
+  // A list of Matrix ids with the given sigil ('@' users, '!' rooms): "<sigil>local:server".
+  // With globs, '*' may stand for any run of characters (e.g. "@*:example.org").
+  Handler MatrixIdListField(std::vector<std::string>* out, char sigil, bool globs) {
+    return [this, out, sigil, globs](const toml::node& n, const std::string& key, uint32_t line) {
+      const toml::array* a = n.as_array();
+      if (a == nullptr) {
+        Error(line, key, std::string("expected an array of strings, got ") + TypeName(n.type()));
+        return;
+      }
+      std::vector<std::string> ids;
+      bool ok = true;
+      for (size_t i = 0; i < a->size(); ++i) {
+        const toml::node& item = *a->get(i);
+        const std::string item_key = key + "[" + std::to_string(i) + "]";
+        const uint32_t item_line = LineOf(item) > 0 ? LineOf(item) : line;
+        std::optional<StringValue> v = String(item, item_key, item_line);
+        if (!v) {
+          ok = false;
+          continue;
+        }
+        if (!IsMatrixId(v->value, sigil) || (!globs && v->value.find('*') != std::string::npos)) {
+          Error(item_line, item_key,
+                std::string("expected a Matrix ") + (sigil == '@' ? "user" : "room") + " id (" +
+                    (sigil == '@' ? "@name:server" : "!id:server") +
+                    (globs ? "; * matches any characters" : "") + "), got " + v->Describe());
+          ok = false;
+          continue;
+        }
+        ids.push_back(v->value);
+      }
+      if (ok) *out = std::move(ids);
+    };
+  }
+
+  Handler MatrixUserIdField(std::string* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      if (!v->value.empty() &&
+          (!IsMatrixId(v->value, '@') || v->value.find('*') != std::string::npos)) {
+        Error(line, key,
+              "expected the bot's full Matrix user id, e.g. \"@parley:example.org\", got " +
+                  v->Describe());
+        return;
+      }
+      *out = std::move(v->value);
+    };
+  }
+
+  Handler DeviceIdField(std::string* out) {
+    return [this, out](const toml::node& n, const std::string& key, uint32_t line) {
+      auto v = String(n, key, line);
+      if (!v) return;
+      const bool ok = v->value.size() <= 128 &&
+                      std::all_of(v->value.begin(), v->value.end(), [](char c) {
+                        const auto u = static_cast<unsigned char>(c);
+                        return u > 0x20 && u < 0x7f && c != '/';
+                      });
+      if (!ok) {
+        Error(line, key,
+              "expected printable ASCII without spaces or '/', at most 128 characters, got " +
+                  v->Describe());
+        return;
+      }
+      *out = std::move(v->value);
     };
   }
 
@@ -809,11 +918,7 @@ class Parser {
       const std::string key = KeyText(k.str());
       const uint32_t line = LineOf(v) > 0 ? LineOf(v) : k.source().begin.line;
       const std::string_view name = k.str();
-      if (name == "matrix") {
-        ReadUnavailable(v, key, line, "this build has no Matrix adapter yet");
-        continue;
-      }
-      Fields fields = SectionFields(name);
+          Fields fields = SectionFields(name);
       if (fields.empty()) {
         Error(k.source().begin.line > 0 ? k.source().begin.line : line, key,
               v.is_table() ? "unknown section" : "unknown key");
@@ -982,24 +1087,36 @@ class Parser {
           {"stream_edits_per_minute", IntField(&s.stream_edits_per_minute, 1, 1000)},
       };
     }
-    return {};
-  }
-
-  // A section for a feature this build lacks: only `enabled = false` is accepted.
-  void ReadUnavailable(const toml::node& node, const std::string& key, uint32_t line,
-                       const std::string& what) {
-    const toml::table* t = Table(node, key, line);
-    if (t == nullptr) return;
-    uint32_t offending = std::numeric_limits<uint32_t>::max();
-    for (auto&& [k, v] : *t) {
-      const uint32_t l = LineOf(v) > 0 ? LineOf(v) : k.source().begin.line;
-      if (k.str() == "enabled") {
-        auto enabled = Bool(v, key + ".enabled", l);
-        if (!enabled || !*enabled) continue;
-      }
-      offending = std::min(offending, l);
+    if (name == "matrix") {
+      MatrixConfig& m = c.matrix;
+      return {
+          {"enabled", BoolField(&m.enabled)},
+          {"homeserver", MatrixHomeserverField(&m.homeserver)},
+          {"user_id", MatrixUserIdField(&m.user_id)},
+          {"access_token", SecretField(&m.access_token)},
+          {"password", SecretField(&m.password)},
+          {"device_id", DeviceIdField(&m.device_id)},
+          {"device_name", StringField(&m.device_name)},
+          {"sync_timeout_ms", IntField(&m.sync_timeout_ms, 0, 300'000)},
+          {"timeline_limit", IntField(&m.timeline_limit, 1, 1000)},
+          {"allowed_inviters", MatrixIdListField(&m.allowed_inviters, '@', true)},
+          {"auto_join", BoolField(&m.auto_join)},
+          {"room_allowlist", MatrixIdListField(&m.room_allowlist, '!', false)},
+          {"allowed_users", MatrixIdListField(&m.allowed_users, '@', true)},
+          {"mention_required", BoolField(&m.mention_required)},
+          {"thread_followups", BoolField(&m.thread_followups)},
+          {"threads", BoolField(&m.threads)},
+          {"msgtype", EnumField(&m.msgtype, {"m.notice", "m.text"})},
+          {"encrypted_rooms",
+           ChoiceField(&m.encrypted_rooms, {{"decline", MatrixEncryptedRooms::kDecline},
+                                            {"notice", MatrixEncryptedRooms::kNotice}})},
+          {"typing", BoolField(&m.typing)},
+          {"stream", BoolField(&m.stream)},
+          {"stream_interval_ms", IntField(&m.stream_interval_ms, 250, 60'000)},
+          {"stream_edits_per_minute", IntField(&m.stream_edits_per_minute, 1, 1000)},
+      };
     }
-    if (offending != std::numeric_limits<uint32_t>::max()) Error(offending, key, what);
+    return {};
   }
 
   // An array of tables ([[key]]); calls `read` for each with its key "key[i]".
@@ -1136,7 +1253,41 @@ class Parser {
             "server.listen, or webhook.enabled = false");
     }
     CheckSlack();
+    CheckMatrix();
     CheckLlm();
+  }
+
+  void CheckMatrix() {
+    const MatrixConfig& m = config_.matrix;
+    if (!m.enabled || Bad("matrix.enabled")) return;
+    uint32_t section_line = KeyLine("matrix.enabled");
+    if (section_line == 0) section_line = KeyLine("matrix");
+    auto line_of = [&](const std::string& key) {
+      const uint32_t l = KeyLine(key);
+      return l > 0 ? l : section_line;
+    };
+    if (m.homeserver.empty() && !Bad("matrix.homeserver")) {
+      Error(line_of("matrix.homeserver"), "matrix.homeserver",
+            "required when matrix.enabled = true: the homeserver's URL, e.g. "
+            "\"https://matrix.example.org\"");
+    }
+    if (m.user_id.empty() && !Bad("matrix.user_id")) {
+      Error(line_of("matrix.user_id"), "matrix.user_id",
+            "required when matrix.enabled = true: the bot's user id, e.g. "
+            "\"@parley:example.org\"");
+    }
+    if (Bad("matrix.access_token") || Bad("matrix.password")) return;
+    const bool token = !m.access_token.empty();
+    const bool password = !m.password.empty();
+    if (token == password) {
+      const std::string key = Given("matrix.password") ? "matrix.password" : "matrix.access_token";
+      Error(line_of(key), key,
+            token ? "give matrix.access_token or matrix.password, not both"
+                  : "required when matrix.enabled = true: matrix.access_token (e.g. "
+                    "\"${MATRIX_ACCESS_TOKEN}\") or matrix.password (e.g. "
+                    "\"${MATRIX_PASSWORD}\"), from the environment" +
+                        std::string(Given(key) ? " (the variable is unset or empty)" : ""));
+    }
   }
 
   void CheckLlm() {

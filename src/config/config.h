@@ -251,6 +251,49 @@ struct SlackConfig {
   int stream_edits_per_minute = 40;
 };
 
+// What the Matrix adapter does with an encrypted room (it does not do end-to-end encryption).
+enum class MatrixEncryptedRooms {
+  kDecline,  // an invite to an encrypted room is declined; a room that turns encrypted is left
+  kNotice,   // join (or stay) and post one plaintext notice saying it cannot read the room
+};
+
+// The Matrix adapter (client-server API). Ids are Matrix ids: users "@local:server", rooms
+// "!opaque:server".
+struct MatrixConfig {
+  bool enabled = false;
+  // Base URL of the homeserver's client-server API, e.g. "https://matrix.example.org" (no
+  // /_matrix suffix). http:// only to a loopback host (test servers, a local Pantalaimon).
+  std::string homeserver;
+  std::string user_id;  // the bot's full user id; required if enabled
+  // Exactly one of the two is required when enabled. With a password the bot logs in once and
+  // keeps the access token and device id in the store (later starts reuse them; a new login
+  // passes the same device id).
+  Secret access_token;
+  Secret password;
+  std::string device_id;              // requested at login; empty: the server picks one
+  std::string device_name = "parley";  // initial_device_display_name at login
+  int sync_timeout_ms = 30'000;       // /sync long-poll timeout (the HTTP timeout is longer)
+  int timeline_limit = 50;            // the sync filter's room.timeline.limit (server default 10)
+  // Invites: accepted from these users (ids; "*" globs allowed, e.g. "@*:example.org"). Empty:
+  // from users of the bot's own homeserver only.
+  std::vector<std::string> allowed_inviters;
+  bool auto_join = true;                       // false: invites are ignored (join by hand)
+  std::vector<std::string> room_allowlist;     // room ids; empty = every room it is in
+  std::vector<std::string> allowed_users;      // user ids (globs); empty = everyone
+  bool mention_required = true;   // in rooms (not DMs), answer only mentions (and follow-ups)
+  bool thread_followups = true;   // messages in a thread the bot answered count as addressed to it
+  bool threads = true;            // reply in a thread of the question; false: a rich reply
+  std::string msgtype = "m.notice";  // "m.notice" (default; never auto-answered) or "m.text"
+  MatrixEncryptedRooms encrypted_rooms = MatrixEncryptedRooms::kNotice;
+  bool typing = true;  // typing notifications while a turn runs
+  // Streaming: the answer is posted with its first words and edited (m.replace) as it grows; the
+  // final edit carries the complete answer. Every edit is an event and counts against the
+  // server's message rate limit (Synapse: 0.2/s after a burst of 10).
+  bool stream = true;
+  int stream_interval_ms = 3000;     // minimum gap between two edits of one answer (250..60000)
+  int stream_edits_per_minute = 6;   // edits of unfinished answers across rooms (1..1000)
+};
+
 struct Config {
   std::string file;  // the path it was loaded from
   RuntimeConfig runtime;
@@ -266,6 +309,7 @@ struct Config {
   WebhookConfig webhook;
   ConsoleConfig console;
   SlackConfig slack;
+  MatrixConfig matrix;
 };
 
 // Reads and validates the file. Relative paths (store.path, also its default, knowledge source
@@ -275,9 +319,8 @@ struct Config {
 // problem; all problems found are returned together, joined by "\n", in one InvalidArgument
 // status. KEY is the full dotted key, e.g. "server.listen" or "knowledge.sources[0].path".
 // A file that cannot be read gives NotFound (missing) or IoError. No error message ever contains
-// the value of a secret (webhook.secret, llm.api_key, slack.app_token, slack.bot_token).
-// Sections of features this build does not run yet ([matrix], [tools], [escalation]) may only say
-// `enabled = false`.
+// the value of a secret (webhook.secret, llm.api_key, slack.app_token, slack.bot_token,
+// matrix.access_token, matrix.password).
 Result<Config> LoadConfig(const std::string& path);
 
 // Same, from text; `name` is used in error messages as the file name and stored in Config::file.

@@ -660,19 +660,107 @@ TEST(ConfigTest, EscalationQueueErrors) {
             "t.toml:6: escalation.request_phrases[0]: must not be empty");
 }
 
-// ---- sections this build does not implement ----
+// ---- sections off by default ----
 
-TEST(ConfigTest, FutureSectionsOnlyDisabled) {
-  ParseOk(kBase +
-          "[slack]\nenabled = false\n[matrix]\nenabled = false\n[tools]\n");
-  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nenabled = false\nhomeserver = \"https://m.org\"\n"),
-            "t.toml:7: matrix: this build has no Matrix adapter yet");
+TEST(ConfigTest, AdapterSectionsOffByDefault) {
+  Config c = ParseOk(kBase + "[slack]\nenabled = false\n[matrix]\nenabled = false\n[tools]\n");
+  EXPECT_FALSE(c.matrix.enabled);
   EXPECT_EQ(ErrorOf(kBase + "[tools]\nenabled = \"no\"\n"),
             "t.toml:6: tools.enabled: expected a boolean (true or false), got a string");
   EXPECT_EQ(ErrorOf(kBase + "[tools]\nhttp = 3\n"),
             "t.toml:6: tools.http: expected an array of tables ([[tools.http]]), got an integer");
   EXPECT_EQ(ErrorOf("slack = 1\n" + kBase), "t.toml:1: slack: expected a table, got an integer");
   EXPECT_EQ(ErrorOf("matrix = 1\n" + kBase), "t.toml:1: matrix: expected a table, got an integer");
+}
+
+// ---- [matrix] ----
+
+TEST(ConfigTest, MatrixParsed) {
+  Config c = ParseOk(kBase + R"([matrix]
+enabled = true
+homeserver = "https://matrix.example.org/"
+user_id = "@parley:example.org"
+password = "${MX_PASS}"
+device_id = "PARLEYBOT"
+sync_timeout_ms = 20000
+timeline_limit = 100
+allowed_inviters = ["@*:example.org", "@ops:other.org"]
+room_allowlist = ["!abc:example.org"]
+allowed_users = ["@alice:example.org"]
+mention_required = false
+threads = false
+msgtype = "m.text"
+encrypted_rooms = "decline"
+stream_interval_ms = 5000
+stream_edits_per_minute = 12
+)",
+                     {{"MX_PASS", "hunter2-secret"}});
+  const config::MatrixConfig& m = c.matrix;
+  EXPECT_TRUE(m.enabled);
+  EXPECT_EQ(m.homeserver, "https://matrix.example.org");  // trailing "/" dropped
+  EXPECT_EQ(m.user_id, "@parley:example.org");
+  EXPECT_EQ(m.password.reveal(), "hunter2-secret");
+  EXPECT_TRUE(m.access_token.empty());
+  EXPECT_EQ(m.device_id, "PARLEYBOT");
+  EXPECT_EQ(m.sync_timeout_ms, 20000);
+  EXPECT_EQ(m.timeline_limit, 100);
+  EXPECT_EQ(m.allowed_inviters,
+            (std::vector<std::string>{"@*:example.org", "@ops:other.org"}));
+  EXPECT_EQ(m.room_allowlist, (std::vector<std::string>{"!abc:example.org"}));
+  EXPECT_EQ(m.allowed_users, (std::vector<std::string>{"@alice:example.org"}));
+  EXPECT_FALSE(m.mention_required);
+  EXPECT_FALSE(m.threads);
+  EXPECT_EQ(m.msgtype, "m.text");
+  EXPECT_EQ(m.encrypted_rooms, config::MatrixEncryptedRooms::kDecline);
+  EXPECT_EQ(m.stream_interval_ms, 5000);
+  EXPECT_EQ(m.stream_edits_per_minute, 12);
+}
+
+TEST(ConfigTest, MatrixDefaults) {
+  Config c = ParseOk(kBase);
+  const config::MatrixConfig& m = c.matrix;
+  EXPECT_FALSE(m.enabled);
+  EXPECT_EQ(m.msgtype, "m.notice");
+  EXPECT_EQ(m.encrypted_rooms, config::MatrixEncryptedRooms::kNotice);
+  EXPECT_TRUE(m.threads);
+  EXPECT_TRUE(m.mention_required);
+  EXPECT_GT(m.timeline_limit, 10);  // above Synapse's default, so bursts are not cut
+}
+
+TEST(ConfigTest, MatrixErrors) {
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nenabled = true\nhomeserver = \"https://m.org\"\n"
+                            "user_id = \"@bot:m.org\"\n"),
+            "t.toml:6: matrix.access_token: required when matrix.enabled = true: "
+            "matrix.access_token (e.g. \"${MATRIX_ACCESS_TOKEN}\") or matrix.password (e.g. "
+            "\"${MATRIX_PASSWORD}\"), from the environment");
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nenabled = true\nhomeserver = \"https://m.org\"\n"
+                            "user_id = \"@bot:m.org\"\naccess_token = \"${A}\"\n"
+                            "password = \"${B}\"\n",
+                    {{"A", "tok-value"}, {"B", "pw-value"}}),
+            "t.toml:10: matrix.password: give matrix.access_token or matrix.password, not both");
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nenabled = true\naccess_token = \"${A}\"\n",
+                    {{"A", "tok-value"}}),
+            "t.toml:6: matrix.homeserver: required when matrix.enabled = true: the homeserver's "
+            "URL, e.g. \"https://matrix.example.org\"\n"
+            "t.toml:6: matrix.user_id: required when matrix.enabled = true: the bot's user id, "
+            "e.g. \"@parley:example.org\"");
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nhomeserver = \"http://matrix.example.org\"\n"),
+            "t.toml:6: matrix.homeserver: http:// is allowed only for a loopback host "
+            "(127.0.0.0/8, [::1], localhost); use https://, got \"http://matrix.example.org\"");
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nhomeserver = \"https://m.org/_matrix/client/v3\"\n"),
+            "t.toml:6: matrix.homeserver: give the homeserver's base URL without /_matrix/..., "
+            "got \"https://m.org/_matrix/client/v3\"");
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nuser_id = \"parley\"\n"),
+            "t.toml:6: matrix.user_id: expected the bot's full Matrix user id, e.g. "
+            "\"@parley:example.org\", got \"parley\"");
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nroom_allowlist = [\"#general:m.org\"]\n"),
+            "t.toml:6: matrix.room_allowlist[0]: expected a Matrix room id (!id:server), got "
+            "\"#general:m.org\"");
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nmsgtype = \"m.emote\"\n"),
+            "t.toml:6: matrix.msgtype: expected one of m.notice, m.text; got \"m.emote\"");
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\naccess_token = \"syt_literal\"\n"),
+            "t.toml:6: matrix.access_token: secrets must be given as ${ENV_VAR}, not literally");
+  EXPECT_EQ(ErrorOf(kBase + "[matrix]\nbogus = 1\n"), "t.toml:6: matrix.bogus: unknown key");
 }
 
 TEST(ConfigTest, LlmEnabledNeedsUrlAndModel) {

@@ -214,6 +214,28 @@ const std::set<std::string> kAllKeys = {
     "slack.stream",
     "slack.stream_interval_ms",
     "slack.stream_edits_per_minute",
+    "matrix.enabled",
+    "matrix.homeserver",
+    "matrix.user_id",
+    "matrix.access_token",
+    "matrix.password",
+    "matrix.device_id",
+    "matrix.device_name",
+    "matrix.sync_timeout_ms",
+    "matrix.timeline_limit",
+    "matrix.allowed_inviters",
+    "matrix.auto_join",
+    "matrix.room_allowlist",
+    "matrix.allowed_users",
+    "matrix.mention_required",
+    "matrix.thread_followups",
+    "matrix.threads",
+    "matrix.msgtype",
+    "matrix.encrypted_rooms",
+    "matrix.typing",
+    "matrix.stream",
+    "matrix.stream_interval_ms",
+    "matrix.stream_edits_per_minute",
 };
 
 // A key line, commented out or not: "key = value" with a TOML-looking value.
@@ -263,6 +285,8 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
                                    if (name == "PARLEY_LLM_API_KEY") return "k";
                                    if (name == "SLACK_APP_TOKEN") return "xapp-1-A1-1-x";
                                    if (name == "SLACK_BOT_TOKEN") return "xoxb-1-2-x";
+                                   if (name == "MATRIX_ACCESS_TOKEN") return "syt_x";
+                                   if (name == "MATRIX_PASSWORD") return "pw";
                                    return std::nullopt;
                                  });
   ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -356,11 +380,31 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.slack.ping_interval_ms, d.slack.ping_interval_ms);
   EXPECT_EQ(c.slack.pong_timeout_ms, d.slack.pong_timeout_ms);
   EXPECT_EQ(c.slack.silence_timeout_ms, d.slack.silence_timeout_ms);
+  EXPECT_EQ(c.matrix.enabled, d.matrix.enabled);
+  EXPECT_EQ(c.matrix.device_id, d.matrix.device_id);
+  EXPECT_EQ(c.matrix.device_name, d.matrix.device_name);
+  EXPECT_EQ(c.matrix.sync_timeout_ms, d.matrix.sync_timeout_ms);
+  EXPECT_EQ(c.matrix.timeline_limit, d.matrix.timeline_limit);
+  EXPECT_EQ(c.matrix.allowed_inviters, d.matrix.allowed_inviters);
+  EXPECT_EQ(c.matrix.auto_join, d.matrix.auto_join);
+  EXPECT_EQ(c.matrix.room_allowlist, d.matrix.room_allowlist);
+  EXPECT_EQ(c.matrix.allowed_users, d.matrix.allowed_users);
+  EXPECT_EQ(c.matrix.mention_required, d.matrix.mention_required);
+  EXPECT_EQ(c.matrix.thread_followups, d.matrix.thread_followups);
+  EXPECT_EQ(c.matrix.threads, d.matrix.threads);
+  EXPECT_EQ(c.matrix.msgtype, d.matrix.msgtype);
+  EXPECT_EQ(c.matrix.encrypted_rooms, d.matrix.encrypted_rooms);
+  EXPECT_EQ(c.matrix.typing, d.matrix.typing);
+  EXPECT_EQ(c.matrix.stream, d.matrix.stream);
+  EXPECT_EQ(c.matrix.stream_interval_ms, d.matrix.stream_interval_ms);
+  EXPECT_EQ(c.matrix.stream_edits_per_minute, d.matrix.stream_edits_per_minute);
   // The examples.
   EXPECT_EQ(c.server.admin_listen, "127.0.0.1:9090");
   EXPECT_EQ(c.llm.api_key.reveal(), "k");
   EXPECT_EQ(c.slack.app_token.reveal(), "xapp-1-A1-1-x");
   EXPECT_EQ(c.slack.bot_token.reveal(), "xoxb-1-2-x");
+  EXPECT_EQ(c.matrix.homeserver, "https://matrix.example.org");
+  EXPECT_EQ(c.matrix.user_id, "@parley:example.org");
   EXPECT_EQ(c.knowledge.grants.size(), 1u);
   // The desk's default phrases, shown in full (unset in the struct: the desk's defaults apply).
   ASSERT_TRUE(c.escalation.request_phrases.has_value());
