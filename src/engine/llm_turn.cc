@@ -133,9 +133,6 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
     }
     BuildSummary(overflow);
 
-    const size_t max_sources =
-        std::max<size_t>(static_cast<size_t>(deps_.llm.max_sources),
-                         static_cast<size_t>(options.max_passages));
     // The two latest earlier questions: the retrieval context, kept for a fallback's retrieval.
     int questions = 0;
     for (auto it = history.rbegin(); it != history.rend() && questions < 2; ++it) {
@@ -143,27 +140,9 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
       retrieval_context_.insert(retrieval_context_.begin(), *it);
       ++questions;
     }
-    auto passages = engine_.Retrieve(message_, retrieval_context_, max_sources);
-    if (!passages.ok()) return Error("retrieval", passages.status());
-
-    llm::PromptInput input;
-    input.system_prompt = deps_.llm.system_prompt;
-    input.summary = summary_text_;
-    for (const store::Turn& turn : history) input.history.push_back({turn.role, turn.text});
-    for (size_t i = 0; i < passages->size() && i < static_cast<size_t>(deps_.llm.max_sources);
-         ++i) {
-      input.sources.push_back({(*passages)[i].chunk.ToCitation(), (*passages)[i].chunk.text});
-    }
-    input.question = message_.text;
-    input.context_tokens = deps_.llm.context_tokens;
-    prompt_ = llm::BuildPrompt(input);
-    source_confidence_.clear();
-    for (size_t i = 0; i < prompt_.sources.size(); ++i) {
-      source_confidence_.push_back((*passages)[i].confidence);
-      // Only the citation is needed from here on: the text is in the prompt's messages. With
-      // thousands of turns waiting on the model, per-turn copies are what the memory is made of.
-      std::string().swap(prompt_.sources[i].text);
-    }
+    for (const store::Turn& turn : history) prompt_history_.push_back({turn.role, turn.text});
+    Status built = BuildMessages();
+    if (!built.ok()) return Error("retrieval", built);
 
     // A tool call that waited for this user's confirmation.
     std::optional<PendingConfirm> pending = LoadPending(*deps_.kv, conv);
@@ -183,8 +162,56 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
             "tool", "The user declined: the tool was not run.", {}, pending->call.id});
       }
     }
-    CallModel();
-    return std::nullopt;
+    return CallModel();
+  }
+
+  // Retrieval and the grounded prompt (prompt_). The first call fixes the sources and their
+  // confidence; later calls (a tool round after the messages were handed to the client) rebuild
+  // the same messages: the request's copy is the only one kept while the model is answering,
+  // since with thousands of turns waiting on the model, per-turn copies are what the memory is
+  // made of. Retrieval is deterministic, so the rebuilt sources are the first ones unless the
+  // index was rebuilt meanwhile; then the new sources replace them.
+  Status BuildMessages() {
+    const config::EngineConfig& options = engine_.options();
+    const size_t max_sources =
+        std::max<size_t>(static_cast<size_t>(deps_.llm.max_sources),
+                         static_cast<size_t>(options.max_passages));
+    auto passages = engine_.Retrieve(message_, retrieval_context_, max_sources);
+    if (!passages.ok()) return passages.status();
+
+    llm::PromptInput input;
+    input.system_prompt = deps_.llm.system_prompt;
+    input.summary = summary_text_;
+    input.history = prompt_history_;
+    for (size_t i = 0; i < passages->size() && i < static_cast<size_t>(deps_.llm.max_sources);
+         ++i) {
+      input.sources.push_back({(*passages)[i].chunk.ToCitation(), (*passages)[i].chunk.text});
+    }
+    input.question = message_.text;
+    input.context_tokens = deps_.llm.context_tokens;
+    llm::Prompt built = llm::BuildPrompt(input);
+    bool same = built.sources.size() == prompt_.sources.size();
+    for (size_t i = 0; same && i < built.sources.size(); ++i) {
+      same = built.sources[i].citation == prompt_.sources[i].citation;
+    }
+    if (!same) {
+      if (!prompt_.sources.empty()) {
+        spdlog::info("llm.prompt_sources_changed turn={} (index rebuilt during the turn)",
+                     turn_id_);
+      }
+      source_confidence_.clear();
+      for (size_t i = 0; i < built.sources.size(); ++i) {
+        source_confidence_.push_back((*passages)[i].confidence);
+        // Only the citation is needed from here on: the text is in the messages.
+        std::string().swap(built.sources[i].text);
+      }
+      prompt_.sources = std::move(built.sources);
+    }
+    prompt_.messages = std::move(built.messages);
+    prompt_.estimated_tokens = built.estimated_tokens;
+    prompt_.dropped_turns = built.dropped_turns;
+    prompt_.dropped_sources = built.dropped_sources;
+    return Status::Ok();
   }
 
   void BuildSummary(const std::vector<store::Turn>& overflow) {
@@ -220,9 +247,15 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
 
   // ---- the model ----
 
-  void CallModel() {
+  // Starts the next model call; returns the turn's output instead when it cannot be made.
+  [[nodiscard]] std::optional<TurnOutput> CallModel() {
+    if (prompt_.messages.empty()) {
+      Status rebuilt = BuildMessages();
+      if (!rebuilt.ok()) return Fallback("prompt: " + rebuilt.ToString());
+    }
     llm::ChatRequest request;
-    request.messages = prompt_.messages;
+    request.messages = std::move(prompt_.messages);
+    prompt_.messages.clear();
     request.messages.insert(request.messages.end(), exchange_.begin(), exchange_.end());
     request.stream = deps_.llm.stream;
     if (deps_.registry != nullptr && deps_.policy != nullptr && deps_.tools.enabled &&
@@ -234,6 +267,7 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
     call_ = deps_.client->Complete(
         std::move(request), [self](std::string_view delta) { self->OnDelta(delta); },
         [self](Result<llm::ChatResult> result) { self->OnModelDone(std::move(result)); });
+    return std::nullopt;
   }
 
   void OnDelta(std::string_view delta) {
@@ -324,7 +358,7 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
         out = AskConfirmation(calls_[*needs_confirmation]);
       } else {
         ++round_;
-        CallModel();
+        out = CallModel();
       }
     }
     if (out) Complete(std::move(*out));
@@ -479,7 +513,9 @@ class LlmTurn : public std::enable_shared_from_this<LlmTurn> {
   store::WriteBatch writes_;  // summary and confirmation state, then memory
   std::string summary_text_;
   std::vector<store::Turn> retrieval_context_;  // earlier questions for retrieval
-  llm::Prompt prompt_;  // sources without their text (it is in the messages)
+  std::vector<llm::PromptTurn> prompt_history_;  // the memory turns in the prompt
+  // Sources without their text; messages only until they are handed to the model call.
+  llm::Prompt prompt_;
   std::vector<double> source_confidence_;
   std::shared_ptr<llm::LlmCall> call_;  // the latest model call
   std::vector<llm::ChatMessage> exchange_;  // tool rounds after the prompt

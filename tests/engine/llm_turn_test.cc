@@ -317,6 +317,12 @@ TEST_F(LlmTurnTest, ToolRoundTripThroughThePolicy) {
   EXPECT_EQ(result["role"], "tool");
   EXPECT_EQ(result["tool_call_id"], "call_a");
   EXPECT_NE(result["content"].get<std::string>().find("fourteen days"), std::string::npos);
+  // The second round starts with the first round's prompt, unchanged (system, sources,
+  // question), although the turn keeps no copy of it while the model answers.
+  const auto first = Messages(server_.Requests()[0]);
+  ASSERT_EQ(messages.size(), first.size() + 2);
+  for (size_t i = 0; i < first.size(); ++i) EXPECT_EQ(messages[i], first[i]) << i;
+  EXPECT_EQ(first[0]["role"], "system");
 }
 
 TEST_F(LlmTurnTest, InvalidAndUnknownToolCallsGoBackToTheModelAsErrors) {
