@@ -62,6 +62,12 @@ std::string RenderForTerminal(const OutboundMessage& reply) {
       out += " (" + (c.url.empty() ? c.source : c.url) + ")";
     }
   }
+  // Buttons offered with the message (e.g. an escalation card's Claim): typing the value is the
+  // console's click.
+  if (!reply.actions.empty()) {
+    out += "\n\nActions:";
+    for (const MessageAction& a : reply.actions) out += "\n  [" + a.label + "] type: " + a.value;
+  }
   return out;
 }
 

@@ -326,6 +326,7 @@ SlackEvent ParseEventCallback(const json& payload) {
   ev.text = StringOr(*event, "text");
   ev.ts = StringOr(*event, "ts");
   ev.thread_ts = StringOr(*event, "thread_ts");
+  ev.parent_user_id = StringOr(*event, "parent_user_id");
   return ev;
 }
 
@@ -520,11 +521,69 @@ json FeedbackActions(const std::string& message_id) {
                                     button(kFeedbackUnhelpfulAction, "Not helpful")})}};
 }
 
+constexpr size_t kMaxButtons = 25;      // Slack's limit per actions block
+constexpr size_t kMaxButtonLabel = 75;  // bytes of a button's plain_text
+constexpr size_t kMaxButtonValue = 2000;
+
+std::string CutUtf8(std::string s, size_t n) {
+  if (s.size() <= n) return s;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  s.resize(n);
+  return s;
+}
+
+json MessageActions(const std::vector<MessageAction>& actions) {
+  json elements = json::array();
+  for (const MessageAction& a : actions) {
+    if (elements.size() == kMaxButtons) break;
+    if (a.id.empty() || a.label.empty()) continue;
+    json button{
+        {"type", "button"},
+        {"action_id", std::string(kMessageActionPrefix) + CutUtf8(a.id, 200)},
+        {"text",
+         {{"type", "plain_text"}, {"text", CutUtf8(a.label, kMaxButtonLabel)}, {"emoji", true}}},
+        {"value", CutUtf8(a.value, kMaxButtonValue)}};
+    if (a.style == "primary" || a.style == "danger") button["style"] = a.style;
+    elements.push_back(std::move(button));
+  }
+  if (elements.empty()) return json();
+  return {{"type", "actions"}, {"block_id", "parley_actions"}, {"elements", std::move(elements)}};
+}
+
+// Undoes the entity escaping of Slack's mention markup (<!here>, <!subteam^S1|@team>, <@U1>,
+// <#C1>) in mrkdwn made by MarkdownToMrkdwn, for texts parley wrote itself (keep_mentions).
+std::string RestoreMentions(const std::string& mrkdwn) {
+  std::string out;
+  out.reserve(mrkdwn.size());
+  size_t i = 0;
+  while (i < mrkdwn.size()) {
+    if (mrkdwn.compare(i, 4, "&lt;") == 0 && i + 5 < mrkdwn.size() &&
+        (mrkdwn[i + 4] == '!' || mrkdwn[i + 4] == '@' || mrkdwn[i + 4] == '#')) {
+      size_t j = i + 5;
+      while (j < mrkdwn.size() && j - i < 200 &&
+             (std::isalnum(static_cast<unsigned char>(mrkdwn[j])) || mrkdwn[j] == '^' ||
+              mrkdwn[j] == '|' || mrkdwn[j] == '@' || mrkdwn[j] == '.' || mrkdwn[j] == '_' ||
+              mrkdwn[j] == '-')) {
+        ++j;
+      }
+      if (j > i + 5 && mrkdwn.compare(j, 4, "&gt;") == 0) {
+        out += "<" + mrkdwn.substr(i + 4, j - i - 4) + ">";
+        i = j + 4;
+        continue;
+      }
+    }
+    out.push_back(mrkdwn[i++]);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::vector<json> BuildPostMessage(const OutboundMessage& m, const std::string& channel,
                                    const std::string& thread_ts, bool feedback_buttons) {
-  std::vector<std::string> parts = SplitForSlack(MarkdownToMrkdwn(m.text), kMessageLimit);
+  std::string mrkdwn = MarkdownToMrkdwn(m.text);
+  if (m.keep_mentions) mrkdwn = RestoreMentions(mrkdwn);
+  std::vector<std::string> parts = SplitForSlack(mrkdwn, kMessageLimit);
   if (parts.empty()) parts.emplace_back("…");  // text must never be empty
   std::vector<json> bodies;
   bodies.reserve(parts.size());
@@ -535,7 +594,8 @@ std::vector<json> BuildPostMessage(const OutboundMessage& m, const std::string& 
       blocks.push_back(Section(section));
     }
     if (last) {
-      const size_t reserved = feedback_buttons ? 1 : 0;
+      json actions = MessageActions(m.actions);
+      const size_t reserved = (feedback_buttons ? 1 : 0) + (actions.is_null() ? 0 : 1);
       json context;
       for (const Citation& c : m.citations) {
         if (blocks.size() + reserved >= kMaxBlocks) break;
@@ -549,6 +609,7 @@ std::vector<json> BuildPostMessage(const OutboundMessage& m, const std::string& 
       if (!context.is_null() && blocks.size() + reserved < kMaxBlocks) {
         blocks.push_back(std::move(context));
       }
+      if (!actions.is_null()) blocks.push_back(std::move(actions));
       if (feedback_buttons) blocks.push_back(FeedbackActions(m.id));
     }
     json body = {{"channel", channel},
@@ -674,7 +735,31 @@ Result<BlockAction> ParseBlockActions(const json& payload) {
     return WrongType(what, "response_url");
   }
   (void)ReadString(payload, "trigger_id", &a.trigger_id);
+  (void)ReadString(first, "action_ts", &a.action_ts);
   return a;
+}
+
+bool IsMessageAction(const BlockAction& action) {
+  return action.action_id.compare(0, sizeof(kMessageActionPrefix) - 1, kMessageActionPrefix) == 0;
+}
+
+InboundMessage MessageFromAction(const BlockAction& action, const std::string& fallback_id) {
+  InboundMessage m;
+  m.platform = kPlatform;
+  m.workspace = action.team_id;
+  m.channel = action.channel_id;
+  m.is_direct = !action.channel_id.empty() && action.channel_id[0] == 'D';
+  m.thread = !action.thread_ts.empty() ? action.thread_ts
+                                       : (m.is_direct ? std::string() : action.message_ts);
+  m.user = action.user_id;
+  m.text = action.value;
+  m.mentions_bot = true;
+  const std::string& click = !action.action_ts.empty()
+                                 ? action.action_ts
+                                 : (!action.trigger_id.empty() ? action.trigger_id : fallback_id);
+  m.event_id = "action:" + action.channel_id + ":" + action.message_ts + ":" + click;
+  m.timestamp_ms = TsToMillis(action.action_ts);
+  return m;
 }
 
 }  // namespace parley::slack

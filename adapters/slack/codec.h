@@ -23,6 +23,9 @@ namespace parley::slack {
 inline constexpr char kPlatform[] = "slack";
 inline constexpr char kFeedbackHelpfulAction[] = "parley_feedback_helpful";
 inline constexpr char kFeedbackUnhelpfulAction[] = "parley_feedback_unhelpful";
+// action_id prefix of the buttons rendered from OutboundMessage::actions ("parley_action:claim");
+// the button's value is the MessageAction's value.
+inline constexpr char kMessageActionPrefix[] = "parley_action:";
 // Message metadata event types. A delivered reply's parts carry kReplyEventType (a resend after a
 // crash looks for it); the placeholder of an answer still being written (streaming) carries
 // kPartialEventType, so it is never mistaken for a delivered part. Both have event_payload
@@ -117,6 +120,7 @@ struct SlackEvent {
   std::string text;       // raw Slack-formatted text
   std::string ts;         // the message's own ts
   std::string thread_ts;  // the thread root's ts; empty for a root message
+  std::string parent_user_id;  // in a thread: who posted its root (Slack sends it on replies)
 };
 
 // Never fails: a payload that is not an event_callback gives type kOther.
@@ -191,13 +195,17 @@ int64_t TsToMillis(std::string_view ts);
 // Web API: chat.postMessage
 
 // Builds the chat.postMessage bodies for m (Markdown) in channel (thread_ts may be empty).
-// The text is converted to mrkdwn and split into bodies of at most 3500 bytes at paragraph
-// boundaries (never inside a code block). Each body: channel, text (the mrkdwn of that body — the
-// notification/accessibility fallback; never empty), blocks (section blocks of ≤ 3000 bytes),
-// unfurl_links false, thread_ts when non-empty, and metadata {event_type "parley_reply",
-// event_payload {message_id, part}} when m.id is set (lets a resend after a crash be recognised).
-// The last body also gets a context block of citations (≤ 10 elements per block) and, when
-// feedback_buttons, an actions block with two buttons whose value is m.id. ≤ 50 blocks per body.
+// The text is converted to mrkdwn (with m.keep_mentions, Slack's mention markup such as
+// <!subteam^S1> or <@U1> is kept as such instead of escaped) and split into bodies of at most 3500
+// bytes at paragraph boundaries (never inside a code block). Each body: channel, text (the mrkdwn
+// of that body — the notification/accessibility fallback; never empty), blocks (section blocks of ≤
+// 3000 bytes), unfurl_links false, thread_ts when non-empty, and metadata {event_type
+// "parley_reply", event_payload {message_id, part}} when m.id is set (lets a resend after a crash
+// be recognised). The last body also gets a context block of citations (≤ 10 elements per block),
+// an actions block (block_id parley_actions) of m.actions as buttons (action_id
+// kMessageActionPrefix + id, value = the action's value, style primary/danger when given; at most
+// 25, labels cut to 75 characters) and, when feedback_buttons, an actions block with two buttons
+// whose value is m.id. ≤ 50 blocks per body.
 std::vector<nlohmann::json> BuildPostMessage(const OutboundMessage& m, const std::string& channel,
                                              const std::string& thread_ts, bool feedback_buttons);
 
@@ -252,6 +260,7 @@ struct BlockAction {
   std::string thread_ts;   // that message's thread; empty when it is not in one
   std::string action_id;
   std::string value;
+  std::string action_ts;  // the click's own ts (unique per click); may be empty
   std::string response_url;
   std::string trigger_id;
 };
@@ -259,5 +268,16 @@ struct BlockAction {
 // The first action of a block_actions payload. InvalidArgument unless type is "block_actions",
 // user.id is a string and actions is a non-empty array whose first element has a string action_id.
 [[nodiscard]] Result<BlockAction> ParseBlockActions(const nlohmann::json& payload);
+
+// Whether the action is a button rendered from OutboundMessage::actions.
+bool IsMessageAction(const BlockAction& action);
+
+// The message a click on such a button stands for: from the clicking user, in the clicked
+// message's channel and thread (its thread, or the thread it roots when it is a channel's root
+// message; a DM's main line for a root message in a DM), text = the button's value,
+// mentions_bot true (a click is addressed to the bot), is_direct for D… channels, event_id
+// "action:" + channel + ":" + message_ts + ":" + (action_ts, else trigger_id, else fallback_id):
+// one per click, the same for a redelivered envelope.
+InboundMessage MessageFromAction(const BlockAction& action, const std::string& fallback_id);
 
 }  // namespace parley::slack

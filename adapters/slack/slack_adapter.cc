@@ -23,9 +23,19 @@ constexpr int64_t kStreamIdleMs = 10 * 60 * 1000;  // a stream without a final i
 constexpr size_t kMaxStreams = 10'000;             // far behind: no new placeholders
 constexpr size_t kFinalsRemembered = 4'096;
 constexpr int kMaxEditBurst = 10;  // partial edits the workspace budget allows at once
+constexpr int64_t kNameTtlMs = 60 * 60 * 1000;        // a looked-up display name
+constexpr int64_t kUnknownNameTtlMs = 5 * 60 * 1000;  // a failed lookup, before trying again
+constexpr size_t kNameCacheLimit = 50'000;
 
 const net::BackoffPolicy kRetryBackoff{500, 30'000};
 const net::BackoffPolicy kAuthBackoff{1'000, 60'000};
+
+// The string at key of an object; empty when absent or not a string.
+std::string JsonString(const json& j, const char* key) {
+  if (!j.is_object()) return "";
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
 
 bool Contains(const std::vector<std::string>& list, const std::string& value) {
   return std::find(list.begin(), list.end(), value) != list.end();
@@ -350,13 +360,17 @@ void SlackAdapter::OnEvent(const Envelope& envelope) {
     std::lock_guard<std::mutex> lock(mu_);
     bot = bot_;
   }
+  // In an agents' channel the threads of the bot's cards are always addressed to it.
+  const bool agents = IsAgentChannel(event.channel);
   ClassifyOptions options;
   options.allow_bots = config_.allow_bots;
-  options.thread_followups = config_.thread_followups;
+  options.thread_followups = config_.thread_followups || agents;
   options.mention_required = config_.mention_required;
   options.own_bot_id = bot.bot_id;
-  const bool in_thread = config_.thread_followups && !event.thread_ts.empty() &&
-                         !event.channel.empty() && BotInThread(event.channel, event.thread_ts);
+  const bool in_thread = options.thread_followups && !event.thread_ts.empty() &&
+                         !event.channel.empty() &&
+                         ((!bot.user_id.empty() && event.parent_user_id == bot.user_id) ||
+                          BotInThread(event.channel, event.thread_ts));
   EventDecision decision = Classify(event, bot.user_id, options, in_thread);
   if (!decision.handle) {
     events_ignored_.Add();
@@ -376,11 +390,11 @@ void SlackAdapter::OnEvent(const Envelope& envelope) {
                !Contains(config_.dm_allowlist, m.user)) {
       refusal = "Sorry, I only answer direct messages from a few people in this workspace.";
     }
-  } else if (!config_.channel_allowlist.empty() &&
+  } else if (!agents && !config_.channel_allowlist.empty() &&
              !Contains(config_.channel_allowlist, m.channel)) {
     refusal = "Sorry, I'm not set up to answer in this channel.";
   }
-  if (refusal.empty() && !config_.allowed_users.empty() &&
+  if (refusal.empty() && !agents && !config_.allowed_users.empty() &&
       !Contains(config_.allowed_users, m.user)) {
     refusal = "Sorry, I'm not set up to answer your questions here.";
   }
@@ -398,42 +412,46 @@ void SlackAdapter::OnEvent(const Envelope& envelope) {
   const std::string channel = m.channel, user = m.user, ts = event.ts, thread = m.thread;
   const std::string event_id = event.event_id, key = m.event_id;
   auto self = shared_from_this();
-  sink_->OnInbound(std::move(m), IntakeOptions{/*durable=*/true},
-                   [self, channel, user, ts, thread, event_id, key](IntakeResult result) {
-                     switch (result.status.code()) {
-                       case Status::Code::kOk:
-                         spdlog::debug("slack.event.accepted event_id={} key={}", event_id, key);
-                         // The bot answers in this thread: follow-ups that arrive before its
-                         // reply is confirmed count as addressed too. (The durable mark is
-                         // written once the reply is posted.)
-                         if (!thread.empty()) {
-                           std::lock_guard<std::mutex> lock(self->mu_);
-                           if (self->threads_.size() >= kThreadCacheLimit) self->threads_.clear();
-                           self->threads_.insert(channel + "/" + thread);
-                         }
-                         self->SignalWorking(channel, ts, true);
-                         return;
-                       case Status::Code::kAlreadyExists:
-                         self->metrics_
-                             .GetCounter("parley_slack_events_total",
-                                         "Slack events by what became of them",
-                                         "result=\"duplicate\"")
-                             .Add();
-                         spdlog::debug("slack.event.duplicate event_id={} key={}", event_id, key);
-                         return;
-                       case Status::Code::kResourceExhausted:
-                         spdlog::info("slack.event.rate_limited channel={} user={}", channel,
-                                      user);
-                         self->Refuse(channel, user,
-                                      "You're asking faster than I can answer; please give me a "
-                                      "few seconds and ask again.");
-                         return;
-                       default:
-                         spdlog::error("slack.event.not_accepted event_id={} error=\"{}\"",
-                                       event_id, result.status.ToString());
-                         return;
-                     }
-                   });
+  auto shared = std::make_shared<InboundMessage>(std::move(m));
+  WithUserName(
+      channel, user, [self, shared, channel, user, ts, thread, event_id, key](std::string name) {
+        if (shared->user_name.empty()) shared->user_name = std::move(name);
+        self->sink_->OnInbound(
+            std::move(*shared), IntakeOptions{/*durable=*/true},
+            [self, channel, user, ts, thread, event_id, key](IntakeResult result) {
+              switch (result.status.code()) {
+                case Status::Code::kOk:
+                  spdlog::debug("slack.event.accepted event_id={} key={}", event_id, key);
+                  // The bot answers in this thread: follow-ups that arrive before its
+                  // reply is confirmed count as addressed too. (The durable mark is
+                  // written once the reply is posted.)
+                  if (!thread.empty()) {
+                    std::lock_guard<std::mutex> lock(self->mu_);
+                    if (self->threads_.size() >= kThreadCacheLimit) self->threads_.clear();
+                    self->threads_.insert(channel + "/" + thread);
+                  }
+                  self->SignalWorking(channel, ts, true);
+                  return;
+                case Status::Code::kAlreadyExists:
+                  self->metrics_
+                      .GetCounter("parley_slack_events_total",
+                                  "Slack events by what became of them", "result=\"duplicate\"")
+                      .Add();
+                  spdlog::debug("slack.event.duplicate event_id={} key={}", event_id, key);
+                  return;
+                case Status::Code::kResourceExhausted:
+                  spdlog::info("slack.event.rate_limited channel={} user={}", channel, user);
+                  self->Refuse(channel, user,
+                               "You're asking faster than I can answer; please give me a "
+                               "few seconds and ask again.");
+                  return;
+                default:
+                  spdlog::error("slack.event.not_accepted event_id={} error=\"{}\"", event_id,
+                                result.status.ToString());
+                  return;
+              }
+            });
+      });
 }
 
 void SlackAdapter::Refuse(const std::string& channel, const std::string& user,
@@ -582,10 +600,66 @@ void SlackAdapter::OnSlashCommand(const Envelope& envelope, AckFn ack) {
       return;
     }
     case SlashAction::Kind::kHuman: {
+      if (!desk_.active) {
+        json reply = Ephemeral(
+            "No human hand-off is set up for me in this workspace yet, so I can't pass you to a "
+            "person. Please reach your support team directly.");
+        ack(&reply);
+        return;
+      }
+      // The conversation with the person is a DM: this one, or one the bot opens (an ephemeral
+      // response_url cannot carry a two-way conversation).
+      const bool agents = IsAgentChannel(cmd.channel_id);
+      const bool dm_ok = config_.dm_policy != config::SlackDmPolicy::kDisabled &&
+                         (config_.dm_policy != config::SlackDmPolicy::kAllowlist ||
+                          Contains(config_.dm_allowlist, cmd.user_id));
+      const bool allowed = dm_ok &&
+                           (agents || config_.allowed_users.empty() ||
+                            Contains(config_.allowed_users, cmd.user_id)) &&
+                           (is_dm || agents || config_.channel_allowlist.empty() ||
+                            Contains(config_.channel_allowlist, cmd.channel_id));
+      if (!allowed) {
+        events_refused_.Add();
+        json reply = Ephemeral(
+            "Sorry, I can't pass you to a person from here. Please reach your support team "
+            "directly.");
+        ack(&reply);
+        return;
+      }
+      const std::string event_id = "slash:" + envelope.envelope_id;
+      if (is_dm) {
+        json reply = Ephemeral("Passing you to a person…");
+        ack(&reply);
+        RequestHuman(cmd, cmd.channel_id, event_id, action.argument);
+        return;
+      }
       json reply = Ephemeral(
-          "No human hand-off is set up for me in this workspace yet, so I can't pass you to a "
-          "person. Please reach your support team directly.");
+          "Passing you to a person: we'll continue in a direct message with me, where the "
+          "person will answer you.");
       ack(&reply);
+      auto self = shared_from_this();
+      api_.Call("conversations.open", json{{"users", cmd.user_id}}, Token::kBot,
+                [self, cmd, event_id, reason = action.argument](ApiResult r) {
+                  const json* channel =
+                      r.ok() && r.body.contains("channel") && r.body["channel"].is_object()
+                          ? &r.body["channel"]
+                          : nullptr;
+                  const std::string dm = channel != nullptr ? JsonString(*channel, "id") : "";
+                  if (dm.empty()) {
+                    spdlog::warn("slack.human.no_dm user={} outcome={} error=\"{}\"", cmd.user_id,
+                                 OutcomeName(r.outcome), r.error);
+                    self->api_.Call("chat.postEphemeral",
+                                    json{{"channel", cmd.channel_id},
+                                         {"user", cmd.user_id},
+                                         {"text",
+                                          "Sorry, I could not open a direct message with you just "
+                                          "now, so I could not pass you to a person. Please try "
+                                          "again, or write to me directly: \"talk to a human\"."}},
+                                    Token::kBot, [](ApiResult) {});
+                    return;
+                  }
+                  self->RequestHuman(cmd, dm, event_id, reason);
+                });
       return;
     }
     case SlashAction::Kind::kForget: {
@@ -654,6 +728,131 @@ void SlackAdapter::OnSlashCommand(const Envelope& envelope, AckFn ack) {
                    });
 }
 
+void SlackAdapter::RequestHuman(const SlashCommand& cmd, const std::string& dm_channel,
+                                const std::string& event_id, const std::string& reason) {
+  InboundMessage m;
+  m.platform = kPlatform;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    m.workspace = bot_.team_id;
+  }
+  if (!cmd.team_id.empty()) m.workspace = cmd.team_id;
+  m.channel = dm_channel;
+  m.user = cmd.user_id;
+  // What the user typed, for the transcript; the flag, not the text, makes it a request.
+  m.text = cmd.command + " human";
+  if (!reason.empty()) m.text += " " + NormalizeText(reason, "");
+  m.mentions_bot = true;
+  m.is_direct = true;
+  m.event_id = event_id;
+  m.timestamp_ms = clock_.NowMs();
+  m.request_human = true;
+  spdlog::info("slack.human.requested user={} from={} dm={}", cmd.user_id, cmd.channel_id,
+               dm_channel);
+  Intake(std::move(m));
+}
+
+void SlackAdapter::Intake(InboundMessage m) {
+  const std::string channel = m.channel, user = m.user;
+  auto self = shared_from_this();
+  auto shared = std::make_shared<InboundMessage>(std::move(m));
+  WithUserName(channel, user, [self, shared, channel, user](std::string name) {
+    if (shared->user_name.empty()) shared->user_name = std::move(name);
+    const std::string key = shared->event_id;
+    self->sink_->OnInbound(
+        std::move(*shared), IntakeOptions{/*durable=*/true},
+        [self, channel, user, key](IntakeResult result) {
+          if (result.status.ok() || result.status.code() == Status::Code::kAlreadyExists) {
+            return;
+          }
+          spdlog::warn("slack.intake.refused key={} error=\"{}\"", key, result.status.ToString());
+          self->Refuse(channel, user,
+                       result.status.code() == Status::Code::kResourceExhausted
+                           ? "You're going faster than I can keep up; please give me "
+                             "a few seconds and try again."
+                           : "Sorry, I can't take that right now; please try again.");
+        });
+  });
+}
+
+bool SlackAdapter::IsAgentChannel(const std::string& channel) const {
+  return !channel.empty() && Contains(desk_.agent_channels, channel);
+}
+
+void SlackAdapter::SetDesk(DeskLink link) { desk_ = std::move(link); }
+
+void SlackAdapter::WithUserName(const std::string& channel, const std::string& user,
+                                std::function<void(std::string)> fn) {
+  if (!desk_.active || user.empty()) return fn("");
+  bool lookup = false;
+  {
+    std::lock_guard<std::mutex> lock(names_mu_);
+    auto waiting = name_waiters_.find(channel);
+    if (waiting == name_waiters_.end()) {
+      auto known = names_.find(user);
+      if (known != names_.end() && known->second.expires_ms > clock_.NowMs()) {
+        fn(known->second.name);  // under names_mu_: nothing of this channel runs meanwhile
+        return;
+      }
+      names_.erase(user);  // expired: the drain must wait for the new lookup
+      waiting = name_waiters_.emplace(channel, std::deque<NameWaiter>()).first;
+    }
+    waiting->second.push_back(NameWaiter{user, std::move(fn)});
+    lookup = names_.count(user) == 0 && name_lookups_.insert(user).second;
+  }
+  if (lookup) LookUpName(user);
+}
+
+void SlackAdapter::LookUpName(const std::string& user) {
+  auto self = shared_from_this();
+  api_.CallForm("users.info", {{"user", user}}, Token::kBot, [self, user](ApiResult r) {
+    std::string name;
+    if (r.ok() && r.body.contains("user") && r.body["user"].is_object()) {
+      const json& u = r.body["user"];
+      if (const json* profile =
+              u.contains("profile") && u["profile"].is_object() ? &u["profile"] : nullptr) {
+        name = JsonString(*profile, "display_name");
+        if (name.empty()) name = JsonString(*profile, "real_name");
+      }
+      if (name.empty()) name = JsonString(u, "real_name");
+      if (name.empty()) name = JsonString(u, "name");
+    } else {
+      spdlog::debug("slack.users_info.failed user={} outcome={} error=\"{}\"", user,
+                    OutcomeName(r.outcome), r.error);
+    }
+    {
+      std::lock_guard<std::mutex> lock(self->names_mu_);
+      if (self->names_.size() >= kNameCacheLimit) self->names_.clear();
+      const int64_t ttl = name.empty() ? kUnknownNameTtlMs : kNameTtlMs;
+      self->names_[user] = Name{name, self->clock_.NowMs() + ttl};
+      self->name_lookups_.erase(user);
+    }
+    self->DrainNameWaiters();
+  });
+}
+
+void SlackAdapter::DrainNameWaiters() {
+  std::vector<std::string> lookups;
+  {
+    std::lock_guard<std::mutex> lock(names_mu_);
+    for (auto it = name_waiters_.begin(); it != name_waiters_.end();) {
+      std::deque<NameWaiter>& q = it->second;
+      while (!q.empty()) {
+        auto known = names_.find(q.front().user);
+        if (known == names_.end()) {  // dropped from the cache meanwhile: look it up again
+          if (name_lookups_.insert(q.front().user).second) lookups.push_back(q.front().user);
+          break;
+        }
+        NameWaiter w = std::move(q.front());
+        q.pop_front();
+        w.fn(known->second.name);  // under names_mu_: keeps the channel's order
+      }
+      it = q.empty() ? name_waiters_.erase(it) : std::next(it);
+    }
+  }
+  for (const std::string& user : lookups) LookUpName(user);
+}
+
 void SlackAdapter::OnBlockAction(const Envelope& envelope) {
   auto parsed = ParseBlockActions(envelope.payload);
   if (!parsed.ok()) {
@@ -664,6 +863,28 @@ void SlackAdapter::OnBlockAction(const Envelope& envelope) {
     return;
   }
   const BlockAction action = std::move(parsed).value();
+  if (IsMessageAction(action)) {
+    // A button of OutboundMessage::actions (e.g. Claim on a desk card): the user "says" its value
+    // where the button is.
+    if (action.channel_id.empty() || action.value.empty()) return;
+    const bool agents = IsAgentChannel(action.channel_id);
+    const bool is_dm = action.channel_id[0] == 'D';
+    const bool allowed =
+        agents ||
+        ((config_.allowed_users.empty() || Contains(config_.allowed_users, action.user_id)) &&
+         (is_dm || config_.channel_allowlist.empty() ||
+          Contains(config_.channel_allowlist, action.channel_id)));
+    if (!allowed) {
+      events_refused_.Add();
+      Refuse(action.channel_id, action.user_id, "Sorry, I'm not set up to take that here.");
+      return;
+    }
+    InboundMessage m = MessageFromAction(action, envelope.envelope_id);
+    spdlog::info("slack.action id={} user={} channel={} key={}", action.action_id, action.user_id,
+                 action.channel_id, m.event_id);
+    Intake(std::move(m));
+    return;
+  }
   const bool helpful = action.action_id == kFeedbackHelpfulAction;
   if (!helpful && action.action_id != kFeedbackUnhelpfulAction) {
     spdlog::debug("slack.interactive.unknown_action action_id={}", action.action_id);
@@ -843,7 +1064,10 @@ void SlackAdapter::Attempt(const std::string& channel) {
   }
   if (d->resumed && !d->verified) return Verify(channel, *d);
   const std::string thread_ts = d->message.conversation.thread;
-  const bool buttons = config_.feedback_buttons && !d->message.in_reply_to.empty();
+  // No feedback asked on hand-off messages (the desk's acknowledgements and notices), nor in
+  // agents' channels (the desk's answers to agents).
+  const bool buttons = config_.feedback_buttons && !d->message.in_reply_to.empty() &&
+                       !d->message.escalated && !IsAgentChannel(channel);
   std::vector<json> bodies = BuildPostMessage(d->message, channel, thread_ts, buttons);
   if (d->parts_done >= static_cast<int>(bodies.size())) return Complete(channel, Status::Ok());
   if (!placeholder_ts.empty()) {
@@ -882,10 +1106,17 @@ void SlackAdapter::Attempt(const std::string& channel) {
       "chat.postMessage/" + channel);
 }
 
-void SlackAdapter::ReportDelivered(const std::string& channel, const Delivery& d,
-                                   const std::string& ts) {
+void SlackAdapter::ReportDelivered(const std::string& channel, Delivery& d, const std::string& ts) {
+  if (ts.empty()) return;
+  d.first_ts = ts;
+  if (d.message.conversation.thread.empty() && !channel.empty() && channel[0] != 'D') {
+    // A root post in a channel (e.g. an escalation card): its thread is the bot's from now on.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (threads_.size() >= kThreadCacheLimit) threads_.clear();
+    threads_.insert(channel + "/" + ts);
+  }
   DeliveryListener* listener = delivery_listener();
-  if (listener == nullptr || ts.empty()) return;
+  if (listener == nullptr) return;
   DeliveryReceipt receipt;
   receipt.message_id = d.id;
   receipt.conversation = ConversationKey{kPlatform, channel, d.message.conversation.thread};
@@ -1094,6 +1325,10 @@ void SlackAdapter::Complete(const std::string& channel, Status outcome) {
   outbox_.Remove(batch, kPlatform, d.id);
   if (d.parts_done > 0 && d.message.reply_route.empty()) {
     RememberThread(channel, d.message.conversation.thread, batch);
+    // A root post in a channel starts a thread of the bot's (durable with the outbox removal).
+    if (d.message.conversation.thread.empty() && !channel.empty() && channel[0] != 'D') {
+      RememberThread(channel, d.first_ts, batch);
+    }
   }
   committer_.Submit(
       std::move(batch),

@@ -7,6 +7,21 @@
 // app_mention + message double delivery are answered once (the router's de-duplication).
 // Slash commands (`/parley ask|help|forget|human`) and feedback buttons are handled here.
 //
+// Escalation desk (SetDesk): the adapter knows only that a desk exists and which Slack channels
+// are agents' channels; it never calls the desk. The threads of the bot's own root posts (cards)
+// count as addressed to it: replies there need no mention (also with thread_followups off in an
+// agents' channel), recognised by the durable thread mark written when the post is confirmed or
+// by the event's parent_user_id. Agents' channels are exempt from channel_allowlist and
+// allowed_users (the desk's agent_users decides who acts there); their main line still needs a
+// mention. Buttons rendered from OutboundMessage::actions come back as messages from the
+// clicking user whose text is the button's value (event id per click). With a desk, inbound
+// messages carry user_name (users.info, cached for an hour; messages of one channel keep their
+// order while a name is looked up), and `/parley human` asks for a person: in a DM the DM is the
+// conversation; in a channel the bot opens a DM with the user (conversations.open) and the
+// hand-off continues there. The command is acknowledged at once with an ephemeral note.
+// Feedback buttons are left off hand-off messages (OutboundMessage::escalated) and off everything
+// posted in agents' channels.
+//
 // Outbound: replies go to a per-channel queue: at most one chat.postMessage in flight per
 // channel, paced by a token bucket (slack.post_rate_per_channel, post_burst), so replies to one
 // conversation keep their order. A 429 pauses that channel's queue for Retry-After and the same
@@ -32,6 +47,8 @@
 // the io_context.
 
 #include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <deque>
 #include <functional>
 #include <map>
@@ -41,9 +58,7 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/steady_timer.hpp>
+#include <vector>
 
 #include "adapters/slack/codec.h"
 #include "adapters/slack/socket_mode.h"
@@ -80,6 +95,13 @@ class SlackAdapter final : public ChannelAdapter,
   ~SlackAdapter() override;
 
   std::string platform() const override { return kPlatform; }
+
+  // The escalation desk as the adapter sees it. Set before Start.
+  struct DeskLink {
+    bool active = false;                      // a desk with at least one queue
+    std::vector<std::string> agent_channels;  // Slack channel ids of agents' channels
+  };
+  void SetDesk(DeskLink link);
 
   // Queues the replies left in the outbox by an earlier run. Call once, before the router replays
   // its inbox (whose replies arrive through Send) and before Start.
@@ -118,6 +140,7 @@ class SlackAdapter final : public ChannelAdapter,
     bool verified = false;
     // Not a reply but the placeholder of the streamed reply `id` (not durable, not counted).
     bool placeholder = false;
+    std::string first_ts;  // the first part's ts once Slack confirmed it
     DeliveryCallback done;
   };
   // A reply being streamed, by reply id. Guarded by mu_.
@@ -164,6 +187,18 @@ class SlackAdapter final : public ChannelAdapter,
   void OnEvent(const Envelope& envelope);
   void OnSlashCommand(const Envelope& envelope, AckFn ack);
   void OnBlockAction(const Envelope& envelope);
+  // `/parley human` with a desk: hands the user's DM (dm_channel) to the desk.
+  void RequestHuman(const SlashCommand& cmd, const std::string& dm_channel,
+                    const std::string& event_id, const std::string& reason);
+  bool IsAgentChannel(const std::string& channel) const;
+  // Runs fn with the user's display name ("" when unknown or without a desk), in arrival order
+  // per channel: a message waiting for users.info holds back later ones of its channel.
+  void WithUserName(const std::string& channel, const std::string& user,
+                    std::function<void(std::string)> fn);
+  void LookUpName(const std::string& user);
+  void DrainNameWaiters();
+  // Hands m to the sink (durable); refusals are told to the user ephemerally.
+  void Intake(InboundMessage m);
   void Refuse(const std::string& channel, const std::string& user, const std::string& text);
   bool BotInThread(const std::string& channel, const std::string& thread_ts);
   // Notes that the bot answered in the thread; adds the durable mark to batch when it is new.
@@ -181,7 +216,8 @@ class SlackAdapter final : public ChannelAdapter,
   void AttemptResponseUrl(const std::string& channel, Delivery& d, const SlashRoute& route);
   void Verify(const std::string& channel, Delivery& d);
   // Tells the delivery listener (if any) that the reply's first part is on Slack as ts.
-  void ReportDelivered(const std::string& channel, const Delivery& d, const std::string& ts);
+  // Remembers ts as the delivery's first part (a root post's ts starts a bot thread).
+  void ReportDelivered(const std::string& channel, Delivery& d, const std::string& ts);
   void PartDone(const std::string& channel);
   void Retry(const std::string& channel, int64_t delay_ms, const std::string& why);
   void Complete(const std::string& channel, Status outcome);
@@ -228,6 +264,20 @@ class SlackAdapter final : public ChannelAdapter,
   std::unordered_map<std::string, Stream> streams_;           // streamed replies by id
   std::unordered_set<std::string> finals_;  // reply ids whose final was sent: late partials ignored
   std::deque<std::string> finals_order_;    // bounds finals_
+  DeskLink desk_;                           // set before Start; read-only afterwards
+  // Display names: user -> (name, expiry ms); "" = unknown (looked up again after expiry).
+  struct Name {
+    std::string name;
+    int64_t expires_ms = 0;
+  };
+  struct NameWaiter {
+    std::string user;
+    std::function<void(std::string)> fn;
+  };
+  std::mutex names_mu_;  // guards the three below; held while waiters run (keeps their order)
+  std::unordered_map<std::string, Name> names_;
+  std::unordered_set<std::string> name_lookups_;                // users.info in flight
+  std::map<std::string, std::deque<NameWaiter>> name_waiters_;  // by channel, arrival order
   double edit_tokens_ = 0;                  // workspace-wide budget of partial edits
   int64_t edit_refilled_ms_ = 0;
   int64_t swept_ms_ = 0;

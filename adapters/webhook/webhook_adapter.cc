@@ -42,13 +42,17 @@ int64_t ParseRetryAfterMs(const net::Headers& headers) {
 }
 
 // The callback body for an outbox payload (an OutboundMessage as JSON):
-// {"id","conversation","thread","text","citations","confidence","escalated","in_reply_to"?}.
+// {"id","conversation","thread","text","citations","confidence","escalated","in_reply_to"?,
+// "actions"?}.
 std::string CallbackBody(const std::string& payload) {
   json stored = json::parse(payload, nullptr, false);
   if (!stored.is_object()) return payload;  // not ours to reinterpret; send as stored
   OutboundMessage message = stored.get<OutboundMessage>();
   json body = adapters::ReplyJson(message);
   if (!message.in_reply_to.empty()) body["in_reply_to"] = message.in_reply_to;
+  // Buttons offered with the message (e.g. an escalation card's Claim): [{id,label,value,style?}];
+  // the caller "clicks" one by posting its value as a message in the same conversation/thread.
+  if (!message.actions.empty()) body["actions"] = message.actions;
   return body.dump();
 }
 

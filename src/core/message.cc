@@ -61,6 +61,19 @@ void to_json(nlohmann::json& j, const InboundMessage& m) {
                      {"event_id", m.event_id},
                      {"timestamp_ms", m.timestamp_ms},
                      {"reply_route", m.reply_route}};
+  if (m.request_human) j["request_human"] = true;
+}
+
+void to_json(nlohmann::json& j, const MessageAction& a) {
+  j = nlohmann::json{{"id", a.id}, {"label", a.label}, {"value", a.value}};
+  if (!a.style.empty()) j["style"] = a.style;
+}
+
+void from_json(const nlohmann::json& j, MessageAction& a) {
+  a.id = j.value("id", "");
+  a.label = j.value("label", "");
+  a.value = j.value("value", "");
+  a.style = j.value("style", "");
 }
 
 void from_json(const nlohmann::json& j, InboundMessage& m) {
@@ -76,6 +89,7 @@ void from_json(const nlohmann::json& j, InboundMessage& m) {
   m.event_id = j.value("event_id", "");
   m.timestamp_ms = j.value("timestamp_ms", int64_t{0});
   m.reply_route = j.value("reply_route", "");
+  m.request_human = j.value("request_human", false);
 }
 
 void to_json(nlohmann::json& j, const OutboundMessage& m) {
@@ -91,6 +105,8 @@ void to_json(nlohmann::json& j, const OutboundMessage& m) {
                      {"reply_route", m.reply_route},
                      {"turn_id", m.turn_id}};
   if (m.silent) j["silent"] = true;
+  if (!m.actions.empty()) j["actions"] = m.actions;
+  if (m.keep_mentions) j["keep_mentions"] = true;
 }
 
 void from_json(const nlohmann::json& j, OutboundMessage& m) {
@@ -106,6 +122,8 @@ void from_json(const nlohmann::json& j, OutboundMessage& m) {
   m.reply_route = j.value("reply_route", "");
   m.turn_id = j.value("turn_id", "");
   m.silent = j.value("silent", false);
+  m.actions = j.value("actions", std::vector<MessageAction>{});
+  m.keep_mentions = j.value("keep_mentions", false);
 }
 
 }  // namespace parley

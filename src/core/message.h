@@ -46,8 +46,28 @@ struct InboundMessage {
   // Adapter-private routing data the engine carries through untouched to the reply (e.g. the
   // webhook's reply_url). Never interpreted outside the adapter that set it.
   std::string reply_route;
+  // The user asked for a person through a platform command or button (e.g. Slack's
+  // `/parley human`) rather than in words: the escalation desk opens a ticket (reason "request")
+  // whatever the text says. text still carries what the user typed, for the transcript.
+  bool request_human = false;
 
   ConversationKey conversation() const { return {platform, channel, thread}; }
+};
+
+// A button (or its platform's nearest equivalent) offered on an OutboundMessage, e.g. Claim on an
+// escalation card. Adapters render actions natively (Slack: an actions block of buttons; webhook:
+// an "actions" array in the JSON it posts; console: listed under the text) or not at all. A click
+// comes back as an InboundMessage from the clicking user in the message's conversation (its
+// thread, where the platform has threads) whose text is `value`, with an event id unique per
+// click: the receiver cannot tell a click from typing the value.
+struct MessageAction {
+  std::string id;     // stable within the message, [a-z0-9_] (e.g. "claim")
+  std::string label;  // the button's text, short (e.g. "Claim")
+  std::string value;  // the text a click sends back (e.g. "claim 17")
+  std::string style;  // "" | "primary" | "danger": a hint; adapters may ignore it
+  bool operator==(const MessageAction& o) const {
+    return id == o.id && label == o.label && value == o.value && style == o.style;
+  }
 };
 
 struct Citation {
@@ -76,10 +96,18 @@ struct OutboundMessage {
   // still waiting for the answer (a synchronous webhook request, a local ask) is completed;
   // adapters show nothing on a chat platform, and it is never durable.
   bool silent = false;
+  // Buttons offered with the message (see MessageAction); empty for ordinary replies.
+  std::vector<MessageAction> actions;
+  // The text is parley's own, built from its configuration (no user or model text in it), so
+  // platform mention markup in it is sent as such and notifies (e.g. an escalation queue's
+  // on-call "<!subteam^S123>" on Slack). Otherwise adapters escape such markup.
+  bool keep_mentions = false;
 };
 
 void to_json(nlohmann::json& j, const Citation& c);
 void from_json(const nlohmann::json& j, Citation& c);
+void to_json(nlohmann::json& j, const MessageAction& a);
+void from_json(const nlohmann::json& j, MessageAction& a);
 void to_json(nlohmann::json& j, const InboundMessage& m);
 void from_json(const nlohmann::json& j, InboundMessage& m);
 void to_json(nlohmann::json& j, const OutboundMessage& m);

@@ -163,6 +163,14 @@ int64_t JsonInt(const nlohmann::json& j, const char* key) {
   return it != j.end() && it->is_number_integer() ? it->get<int64_t>() : 0;
 }
 
+// The buttons of a ticket's card: each sends the command with the ticket id, so a click works
+// on a re-announcement and on platforms without threads as well as in the card's thread.
+std::vector<MessageAction> CardActions(const std::string& id) {
+  return {{"claim", "Claim", "claim " + id, "primary"},
+          {"resolve", "Resolve", "resolve " + id, ""},
+          {"return", "Return to bot", "return " + id, "danger"}};
+}
+
 std::string WhoLabel(const TranscriptEntry& e) {
   if (e.role == "bot") return "Bot";
   if (e.role == "note") return "Note by " + e.who;
@@ -602,6 +610,7 @@ Ticket Desk::NewTicket(Txn& txn, const ConversationKey& conversation, const std:
   t.summary = summarizer_ ? summarizer_(t) : DefaultSummary(t);
   const std::string card_id = MsgId(t.id, source, "card");
   txn.out.push_back(ToMainLine(q, CardText(t, "New escalation #" + t.id), card_id));
+  txn.out.back().actions = CardActions(t.id);
   t.card_message_id = card_id;
   t.agents_seen = static_cast<int>(t.transcript.size());
   // Adapters without platform threads may use the desk's message id as the thread.
@@ -731,6 +740,7 @@ DeskResult Desk::BeforeTurn(const InboundMessage& m) {
   if (AgentsQueueFor(m.platform, m.channel) != nullptr) return HandleAgentMessage(lock, m);
   if (const Ticket* open = OpenTicketFor(m.conversation())) {
     const Ticket copy = *open;
+    if (m.request_human) return AlreadyEscalated(lock, m, copy);
     return HandleUserMessage(lock, m, copy);
   }
   // Triggers checked before the bot answers: policy routes, then requests for a person.
@@ -755,6 +765,11 @@ DeskResult Desk::BeforeTurn(const InboundMessage& m) {
       }
     }
   }
+  if (reason.empty() && m.request_human) {
+    // A platform command or button: a request whatever the text says.
+    reason = "request";
+    detail = Clip(m.text, 200);
+  }
   if (reason.empty()) {
     detail = MatchRequestPhrase(m.text);
     if (!detail.empty()) reason = "request";
@@ -776,6 +791,29 @@ DeskResult Desk::BeforeTurn(const InboundMessage& m) {
   result.handled = true;
   result.ticket_id = t.id;
   result.outcome = "opened";
+  if (!Commit(lock, txn, result).ok()) result.outcome = "error";
+  return result;
+}
+
+DeskResult Desk::AlreadyEscalated(std::unique_lock<std::mutex>& lock, const InboundMessage& m,
+                                  const Ticket& ticket) {
+  DeskResult result;
+  result.handled = true;
+  result.outcome = "waiting";
+  result.ticket_id = ticket.id;
+  const std::string text = ticket.state == TicketState::kClaimed
+                               ? ticket.agent_name + " from our " + ticket.queue +
+                                     " team is already with you here; just write your message."
+                               : "You are already waiting for a person: you are number " +
+                                     std::to_string(PositionOf(ticket)) + " in the " +
+                                     ticket.queue +
+                                     " queue. Everything you write here is passed on.";
+  Txn txn;
+  const std::string source = EventSource(m.platform, m.event_id, clock_.NowMs());
+  OutboundMessage answer = Answer(m, text, MsgId(ticket.id, source, "u"));
+  answer.escalated = true;
+  txn.out.push_back(std::move(answer));
+  MarkSeen(txn, m.platform, m.event_id, ticket.id, "user", "");
   if (!Commit(lock, txn, result).ok()) result.outcome = "error";
   return result;
 }
@@ -943,6 +981,7 @@ DeskResult Desk::HandleAgentMessage(std::unique_lock<std::mutex>& lock, const In
       t.agents_seen = static_cast<int>(t.transcript.size());
       txn.out.push_back(ToMainLine(
           *to, CardText(t, "Escalation #" + id + " (transferred from " + from + ")"), card_id));
+      txn.out.back().actions = CardActions(id);
       txn.batch.Put(store::keys::EscThread(to->platform, to->channel, card_id), id);
       txn.out.push_back(ToUser(t,
                                "I've passed your conversation to our " + t.queue +
@@ -1220,6 +1259,9 @@ DeskResult Desk::Tick() {
     }
     if (t.sla_stage == 1) txn.breaches.push_back(q->options.name);
     txn.out.push_back(ToMainLine(*q, agents_text, MsgId(id, source, "a")));
+    if (t.sla_stage != 2) txn.out.back().actions = CardActions(id);  // a re-announced card
+    // The on-call mention comes from the configuration: let it notify.
+    if (t.sla_stage == 2) txn.out.back().keep_mentions = true;
     txn.out.push_back(ToUser(t,
                              "Sorry for the wait: everyone is busy right now. You are number " +
                                  std::to_string(PositionOf(t)) +

@@ -11,6 +11,12 @@
 //   2. otherwise run the engine, then desk.AfterTurn(message, reply, info) before committing the
 //      turn: it may open a ticket, in which case it appends the acknowledgement to reply.text and
 //      sets reply.escalated (the user gets one message; the card goes to the agents).
+// A message with InboundMessage::request_human set (a platform command such as Slack's
+// `/parley human`) opens a ticket (reason "request") whatever its text; with a ticket already
+// open it gets where the user stands. Cards (and their SLA re-announcements) carry
+// OutboundMessage::actions Claim / Resolve / Return whose values are the commands with the ticket
+// id ("claim 17"): adapters with buttons render them, and a click is an agent's message. The SLA
+// notice with the on-call mention sets OutboundMessage::keep_mentions (the mention notifies).
 // Elsewhere: desk.Tick() every few seconds (SLA timers); desk.OnDelivered(receipt) when an
 // adapter reports the platform id of a message it posted (Slack ts, Matrix event id) so that
 // replies in the card's thread are recognised; desk.OnNegativeFeedback(...) from feedback
@@ -212,6 +218,9 @@ class Desk {
   DeskResult HandleAgentMessage(std::unique_lock<std::mutex>& lock, const InboundMessage& m);
   DeskResult HandleUserMessage(std::unique_lock<std::mutex>& lock, const InboundMessage& m,
                                const Ticket& ticket);
+  // A request for a person (InboundMessage::request_human) in a conversation that has a ticket.
+  DeskResult AlreadyEscalated(std::unique_lock<std::mutex>& lock, const InboundMessage& m,
+                              const Ticket& ticket);
   DeskResult Refuse(std::unique_lock<std::mutex>& lock, const InboundMessage& m,
                     const std::string& ticket_id, const std::string& text);
   void UpdateGauges() const;

@@ -227,6 +227,71 @@ TEST_F(DeskTest, RequestPhraseOpensTicketWithCardAndAcknowledgement) {
   EXPECT_TRUE(desk_->IsEscalated({"webhook", "u1", ""}));
 }
 
+TEST_F(DeskTest, RequestHumanFlagOpensTicketWhateverTheTextAndRepeatsWhereTheUserStands) {
+  OpenDesk();
+  InboundMessage m = User("/parley human my invoice is wrong", "slash:1");
+  m.request_human = true;
+  DeskResult r = desk_->BeforeTurn(m);
+  EXPECT_TRUE(r.handled);
+  EXPECT_EQ(r.outcome, "opened");
+  Ticket t = Get(r.ticket_id);
+  EXPECT_EQ(t.reason, "request");
+  EXPECT_EQ(t.detail, "/parley human my invoice is wrong");
+  EXPECT_EQ(t.queue, "billing");  // routed by what the user said
+  std::vector<OutboundMessage> sent = sink_.Take();
+  ASSERT_EQ(To(sent, "webhook", "u1").size(), 1u);
+  EXPECT_TRUE(Contains(To(sent, "webhook", "u1")[0].text, "number 1 in the queue"));
+
+  // Asking again while waiting: where the user stands; nothing new, nothing relayed.
+  InboundMessage again = User("/parley human", "slash:2");
+  again.request_human = true;
+  DeskResult r2 = desk_->BeforeTurn(again);
+  EXPECT_TRUE(r2.handled);
+  EXPECT_EQ(r2.ticket_id, r.ticket_id);
+  sent = sink_.Take();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].in_reply_to, "slash:2");
+  EXPECT_TRUE(Contains(sent[0].text, "already waiting")) << sent[0].text;
+  EXPECT_EQ(Get(r.ticket_id).transcript.size(), t.transcript.size());
+  // Replayed: nothing again.
+  EXPECT_EQ(desk_->BeforeTurn(again).outcome, "duplicate");
+  EXPECT_TRUE(sink_.Take().empty());
+
+  // Without the flag the same text is not a request.
+  EXPECT_FALSE(desk_->BeforeTurn(User("/parley human", "x1", "u2")).handled);
+}
+
+TEST_F(DeskTest, CardsCarryClaimResolveReturnButtonsWhoseValuesAreCommands) {
+  OpenDesk();
+  const std::string id = OpenGeneral();
+  (void)id;
+  DeskResult r = desk_->BeforeTurn(User("talk to a human", "ev9", "u9"));
+  std::vector<OutboundMessage> cards = To(sink_.Take(), "webhook", "agents");
+  ASSERT_EQ(cards.size(), 1u);
+  ASSERT_EQ(cards[0].actions.size(), 3u);
+  EXPECT_EQ(cards[0].actions[0],
+            (MessageAction{"claim", "Claim", "claim " + r.ticket_id, "primary"}));
+  EXPECT_EQ(cards[0].actions[1].value, "resolve " + r.ticket_id);
+  EXPECT_EQ(cards[0].actions[2].value, "return " + r.ticket_id);
+  // The actions survive the outbox (a restart resends the card with its buttons).
+  Result<std::vector<store::OutboxEntry>> owed = store::Outbox(*kv_).Load("webhook");
+  ASSERT_TRUE(owed.ok());
+  bool found = false;
+  for (const store::OutboxEntry& e : *owed) {
+    if (e.id != cards[0].id) continue;
+    found = true;
+    OutboundMessage back = nlohmann::json::parse(e.payload).get<OutboundMessage>();
+    EXPECT_EQ(back.actions, cards[0].actions);
+  }
+  EXPECT_TRUE(found);
+  // A click is the command: a claim "by button" from the channel's main line works.
+  DeskResult claim = desk_->BeforeTurn(Agent(cards[0].actions[0].value, "click1"));
+  EXPECT_EQ(claim.outcome, "command");
+  EXPECT_EQ(Get(r.ticket_id).state, TicketState::kClaimed);
+  // Acknowledgements and relays carry no buttons.
+  for (const OutboundMessage& m : sink_.Take()) EXPECT_TRUE(m.actions.empty()) << m.text;
+}
+
 TEST_F(DeskTest, RequestPhrasesMatchWholeWordsOnly) {
   OpenDesk();
   EXPECT_TRUE(desk_->BeforeTurn(User("Human!", "a1", "c1")).handled);
@@ -689,6 +754,9 @@ TEST_F(DeskTest, SlaReannouncesThenRaisesPriorityWithOncallAndUpdatesTheUser) {
   ASSERT_EQ(agents.size(), 1u);
   EXPECT_TRUE(Contains(agents[0].text, "Still waiting: escalation #" + id)) << agents[0].text;
   EXPECT_TRUE(agents[0].conversation.thread.empty());
+  ASSERT_EQ(agents[0].actions.size(), 3u);  // the re-announced card has its buttons
+  EXPECT_EQ(agents[0].actions[0].value, "claim " + id);
+  EXPECT_FALSE(agents[0].keep_mentions);
   std::vector<OutboundMessage> user = To(sent, "webhook", "u1");
   ASSERT_EQ(user.size(), 1u);
   EXPECT_TRUE(Contains(user[0].text, "number 1 in the queue")) << user[0].text;
@@ -703,6 +771,8 @@ TEST_F(DeskTest, SlaReannouncesThenRaisesPriorityWithOncallAndUpdatesTheUser) {
   ASSERT_EQ(agents.size(), 1u);
   EXPECT_TRUE(Contains(agents[0].text, "Priority raised to P2")) << agents[0].text;
   EXPECT_TRUE(Contains(agents[0].text, "@oncall")) << agents[0].text;
+  EXPECT_TRUE(agents[0].keep_mentions);  // the configured mention notifies
+  EXPECT_TRUE(agents[0].actions.empty());
   EXPECT_EQ(Get(id).priority, 2);
   EXPECT_EQ(Get(id).sla_stage, 2);
 
@@ -711,7 +781,9 @@ TEST_F(DeskTest, SlaReannouncesThenRaisesPriorityWithOncallAndUpdatesTheUser) {
   EXPECT_TRUE(desk_->Tick().sent.empty());
   clock_.Advance(1 * kMin);
   EXPECT_EQ(desk_->Tick().sent.size(), 2u);
-  sink_.Take();
+  agents = To(sink_.Take(), "webhook", "agents");
+  ASSERT_EQ(agents.size(), 1u);
+  EXPECT_EQ(agents[0].actions.size(), 3u);
 
   // A claim stops the timers.
   desk_->BeforeTurn(Agent("claim " + id, "a1"));

@@ -614,5 +614,117 @@ TEST(BlockActionsTest, FallsBackToContainerAndRejectsMalformed) {
   EXPECT_FALSE(ParseBlockActions(json()).ok());
 }
 
+TEST(ParseEventCallbackTest, ThreadReplyCarriesTheRootsPoster) {
+  json payload = ParseFixture("thread_reply_envelope.json").payload;
+  EXPECT_TRUE(ParseEventCallback(payload).parent_user_id.empty() ||
+              payload["event"].contains("parent_user_id"));
+  payload["event"]["parent_user_id"] = "U0BOT1234";
+  EXPECT_EQ(ParseEventCallback(payload).parent_user_id, "U0BOT1234");
+  payload["event"]["parent_user_id"] = 7;  // wrong type: ignored
+  EXPECT_EQ(ParseEventCallback(payload).parent_user_id, "");
+}
+
+TEST(BuildPostMessageTest, MessageActionsBecomeButtonsOnTheLastBody) {
+  OutboundMessage m;
+  m.id = "esc-3-x-card";
+  m.text = "*New escalation #3*";
+  m.actions = {{"claim", "Claim", "claim 3", "primary"},
+               {"resolve", "Resolve", "resolve 3", ""},
+               {"return", "Return to bot", "return 3", "danger"},
+               {"", "no id", "x", ""}};  // not renderable: skipped
+  std::vector<json> bodies = BuildPostMessage(m, "C0AGENTS", "", false);
+  ASSERT_EQ(bodies.size(), 1u);
+  EXPECT_FALSE(bodies[0].contains("thread_ts"));
+  const json& last = bodies[0].at("blocks").back();
+  EXPECT_EQ(last.at("type"), "actions");
+  EXPECT_EQ(last.at("block_id"), "parley_actions");
+  ASSERT_EQ(last.at("elements").size(), 3u);
+  const json& claim = last.at("elements")[0];
+  EXPECT_EQ(claim.at("action_id"), "parley_action:claim");
+  EXPECT_EQ(claim.at("value"), "claim 3");
+  EXPECT_EQ(claim.at("style"), "primary");
+  EXPECT_EQ(claim.at("text").at("text"), "Claim");
+  EXPECT_FALSE(last.at("elements")[1].contains("style"));
+  EXPECT_EQ(last.at("elements")[2].at("style"), "danger");
+
+  // With feedback buttons too: both blocks, feedback last; long text: only the last body.
+  m.text = std::string(5000, 'a') + "\n\n" + std::string(3000, 'b');
+  bodies = BuildPostMessage(m, "C0AGENTS", "", true);
+  ASSERT_GE(bodies.size(), 2u);
+  EXPECT_EQ(bodies[0].at("blocks").dump().find("parley_action:"), std::string::npos);
+  const json& blocks = bodies.back().at("blocks");
+  EXPECT_EQ(blocks[blocks.size() - 2].at("block_id"), "parley_actions");
+  EXPECT_EQ(blocks.back().at("block_id"), "parley_feedback");
+
+  // Many actions: at most 25 buttons; labels cut to 75 bytes.
+  m.text = "x";
+  m.actions.clear();
+  for (int i = 0; i < 30; ++i) {
+    m.actions.push_back({"a" + std::to_string(i), std::string(100, 'L'), "v", ""});
+  }
+  const json buttons = BuildPostMessage(m, "C1", "", false)[0].at("blocks").back().at("elements");
+  EXPECT_EQ(buttons.size(), 25u);
+  EXPECT_EQ(buttons[0].at("text").at("text").get<std::string>().size(), 75u);
+}
+
+TEST(BuildPostMessageTest, MentionMarkupNotifiesOnlyInParleysOwnTexts) {
+  OutboundMessage m;
+  m.text = "Waited 30 min. <!subteam^S0ONCALL|@oncall> <@U0LEAD> <#C0OPS> <!here> a < b & c > d";
+  const std::string escaped = BuildPostMessage(m, "C1", "", false)[0].at("text");
+  EXPECT_EQ(escaped.find("<!subteam"), std::string::npos) << escaped;
+  EXPECT_NE(escaped.find("&lt;!here&gt;"), std::string::npos) << escaped;
+  m.keep_mentions = true;
+  const std::string kept = BuildPostMessage(m, "C1", "", false)[0].at("text");
+  EXPECT_NE(kept.find("<!subteam^S0ONCALL|@oncall>"), std::string::npos) << kept;
+  EXPECT_NE(kept.find("<@U0LEAD>"), std::string::npos) << kept;
+  EXPECT_NE(kept.find("<#C0OPS>"), std::string::npos) << kept;
+  EXPECT_NE(kept.find("<!here>"), std::string::npos) << kept;
+  EXPECT_NE(kept.find("a &lt; b &amp; c &gt; d"), std::string::npos) << kept;  // other text
+}
+
+TEST(BlockActionsTest, MessageActionClickIsAMessageFromTheClicker) {
+  OutboundMessage card;
+  card.id = "esc-3-x-card";
+  card.text = "card";
+  card.actions = {{"claim", "Claim", "claim 3", "primary"}};
+  json button =
+      BuildPostMessage(card, "C0AGENTS", "", false)[0].at("blocks").back().at("elements")[0];
+  json payload = ParseFixture("block_actions_envelope.json").payload;
+  payload["actions"] = json::array({button});
+  payload["actions"][0]["action_ts"] = "1712345999.000001";
+  payload["channel"]["id"] = "C0AGENTS";
+  payload["message"]["ts"] = "1712345690.000100";
+  payload["message"].erase("thread_ts");
+  payload["container"].erase("thread_ts");
+  Result<BlockAction> r = ParseBlockActions(payload);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(IsMessageAction(*r));
+  EXPECT_EQ(r->action_ts, "1712345999.000001");
+  InboundMessage m = MessageFromAction(*r, "env-1");
+  EXPECT_EQ(m.platform, "slack");
+  EXPECT_EQ(m.channel, "C0AGENTS");
+  EXPECT_EQ(m.thread, "1712345690.000100");  // the card roots the thread
+  EXPECT_EQ(m.user, "U0USER5678");
+  EXPECT_EQ(m.text, "claim 3");
+  EXPECT_TRUE(m.mentions_bot);
+  EXPECT_FALSE(m.is_direct);
+  EXPECT_EQ(m.event_id, "action:C0AGENTS:1712345690.000100:1712345999.000001");
+  EXPECT_GT(m.timestamp_ms, 0);
+
+  // In a thread: that thread. Another click: another event id. No action_ts: trigger_id.
+  payload["message"]["thread_ts"] = "1712345000.000001";
+  payload["actions"][0]["action_ts"] = "1712346000.000002";
+  InboundMessage m2 = MessageFromAction(ParseBlockActions(payload).value(), "env-2");
+  EXPECT_EQ(m2.thread, "1712345000.000001");
+  EXPECT_NE(m2.event_id, m.event_id);
+  payload["actions"][0].erase("action_ts");
+  InboundMessage m3 = MessageFromAction(ParseBlockActions(payload).value(), "env-3");
+  EXPECT_NE(m3.event_id.find(payload.value("trigger_id", "?")), std::string::npos);
+
+  // Feedback buttons are not message actions.
+  EXPECT_FALSE(IsMessageAction(
+      ParseBlockActions(ParseFixture("block_actions_envelope.json").payload).value()));
+}
+
 }  // namespace
 }  // namespace parley::slack

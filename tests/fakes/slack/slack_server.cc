@@ -273,11 +273,40 @@ class SlackServer::Impl {
     if (method != "auth.test" && method != "chat.postMessage" && method != "chat.update" &&
         method != "chat.delete" && method != "chat.postEphemeral" && method != "reactions.add" &&
         method != "reactions.remove" && method != "conversations.history" &&
-        method != "conversations.replies") {
+        method != "conversations.replies" && method != "users.info" &&
+        method != "conversations.open") {
       return SlackError("unknown_method");
     }
     if (token.empty()) return SlackError("not_authed");
     if (token != options_.bot_token) return SlackError("invalid_auth");
+    if (method == "users.info") {
+      ++counters_.users_info_calls;
+      // A read method: form or query arguments only.
+      if (content_type.find("application/json") != std::string::npos) {
+        return SlackError("invalid_arguments");
+      }
+      const std::string user = StringArg(args, "user");
+      auto it = options_.users.find(user);
+      if (user.empty() || it == options_.users.end()) return SlackError("user_not_found");
+      return JsonResponse(Json{
+          {"ok", true},
+          {"user",
+           {{"id", user},
+            {"team_id", options_.team_id},
+            {"name", "u_" + user},
+            {"real_name", it->second + " Real"},
+            {"profile", {{"display_name", it->second}, {"real_name", it->second + " Real"}}}}}});
+    }
+    if (method == "conversations.open") {
+      ++counters_.conversations_open_calls;
+      const std::string users = StringArg(args, "users");
+      if (users.empty() || users.find(',') != std::string::npos) {
+        return SlackError(users.empty() ? "users_list_not_supplied" : "not_supported");
+      }
+      const std::string dm = SlackServer::DmChannelFor(users);
+      channels_.insert(dm);
+      return JsonResponse(Json{{"ok", true}, {"channel", {{"id", dm}}}});
+    }
     if (method == "conversations.history" || method == "conversations.replies") {
       // Read methods take form or query arguments only: a JSON body is not read at all.
       if (content_type.find("application/json") != std::string::npos) {
@@ -811,6 +840,13 @@ void SlackServer::AddChannel(const std::string& channel_id) {
   std::lock_guard<std::mutex> lock(impl_->mu_);
   impl_->channels_.insert(channel_id);
 }
+
+void SlackServer::SetUser(const std::string& user_id, const std::string& display_name) {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  impl_->options_.users[user_id] = display_name;
+}
+
+std::string SlackServer::DmChannelFor(const std::string& user_id) { return "D" + user_id; }
 
 void SlackServer::RateLimitNext(const std::string& method, int n, int retry_after_s) {
   std::lock_guard<std::mutex> lock(impl_->mu_);

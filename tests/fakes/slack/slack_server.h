@@ -5,11 +5,14 @@
 //
 // Web API: apps.connections.open (app token), auth.test, chat.postMessage, chat.update,
 // chat.delete, chat.postEphemeral, reactions.add, reactions.remove, conversations.history and
-// conversations.replies (form arguments only; bot token). chat.update and chat.delete work on the
-// bot's own live messages (message_not_found otherwise); chat.update replaces the text, and the
-// blocks and metadata only when given (as Slack documents); the conversations.* methods show
-// messages as they are now (edits applied, deleted ones gone). Errors are HTTP 200 with
-// {"ok":false,"error":...}; injected rate limits are HTTP 429 + Retry-After + error "ratelimited".
+// conversations.replies (form arguments only; bot token), users.info (form arguments only; the
+// users of SlackServerOptions::users / SetUser, else user_not_found) and conversations.open
+// (users = one user id: the DM channel DmChannelFor(user), which chat.* then accept). chat.update
+// and chat.delete work on the bot's own live messages (message_not_found otherwise); chat.update
+// replaces the text, and the blocks and metadata only when given (as Slack documents); the
+// conversations.* methods show messages as they are now (edits applied, deleted ones gone). Errors
+// are HTTP 200 with {"ok":false,"error":...}; injected rate limits are HTTP 429 + Retry-After +
+// error "ratelimited".
 // Socket Mode: single-use tickets, `hello` first, at most max_connections sockets (the next one is
 // told `disconnect` reason too_many_websockets and closed), envelopes delivered round-robin to
 // live sockets, acks tracked, events_api envelopes not acked within the ack deadline redelivered
@@ -21,6 +24,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -61,6 +65,8 @@ struct SlackServerOptions {
   // When true, every ok chat.postMessage comes back as a `message` event carrying the bot's
   // bot_id and user (as Slack does with message.channels / message.im subscribed).
   bool echo_bot_posts = false;
+  // users.info: user id -> display name (profile.display_name; real_name is "<name> Real").
+  std::map<std::string, std::string> users;
   // Optional observer of every message Messages() records (ok chat.postMessage, chat.update,
   // chat.postEphemeral, response_url POSTs), called once per message on the server's io thread
   // after the HTTP answer has been handed to the connection, WITHOUT the server's lock held (it
@@ -107,6 +113,8 @@ struct SlackCounters {
   uint64_t api_calls = 0;
   uint64_t pings_received = 0;
   uint64_t pongs_received = 0;
+  uint64_t users_info_calls = 0;
+  uint64_t conversations_open_calls = 0;
 };
 
 class SlackServer {
@@ -124,6 +132,10 @@ class SlackServer {
 
   // ---- Web API behaviour ----
   void AddChannel(const std::string& channel_id);
+  // Adds or renames a user of users.info.
+  void SetUser(const std::string& user_id, const std::string& display_name);
+  // The DM channel conversations.open gives for user ("D" + user id).
+  static std::string DmChannelFor(const std::string& user_id);
   // The next n calls of `method` get HTTP 429, Retry-After: retry_after_s, error "ratelimited".
   void RateLimitNext(const std::string& method, int n, int retry_after_s);
   // The next n calls of `method` get HTTP `status` (5xx) with a JSON error body.
