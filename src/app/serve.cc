@@ -18,6 +18,7 @@
 
 #include "adapters/common/http_json.h"
 #include "adapters/console/console_adapter.h"
+#include "adapters/matrix/matrix_adapter.h"
 #include "adapters/slack/slack_adapter.h"
 #include "adapters/webhook/webhook_adapter.h"
 #include "app/commands.h"
@@ -203,6 +204,30 @@ int Serve(const config::Config& config) {
         });
     rt.replies.Register(*slack_adapter);
     if (rt.desk_bridge) slack_adapter->SetDeliveryListener(rt.desk_bridge.get());
+    if (rt.desk_bridge) {
+      // The escalation desk on Slack: agents' channels, `/parley human`, users' names.
+      slack::SlackAdapter::DeskLink link;
+      link.active = true;
+      for (const config::EscalationQueueConfig& q : config.escalation.queues) {
+        std::string platform, channel;
+        if (escalation::SplitAgents(q.agents, platform, channel) && platform == slack::kPlatform) {
+          link.agent_channels.push_back(channel);
+        }
+      }
+      slack_adapter->SetDesk(std::move(link));
+    }
+  }
+
+  std::shared_ptr<matrix::MatrixAdapter> matrix_adapter;
+  if (config.matrix.enabled) {
+    matrix_adapter = std::make_shared<matrix::MatrixAdapter>(
+        rt.io, config.matrix, http, *rt.kv, *rt.committer, *rt.control, SystemClock::Instance(),
+        rt.metrics, [&](Status why) {
+          exit_code = 1;
+          boost::asio::post(rt.io, [&, why] { begin_shutdown("matrix: " + why.message()); });
+        });
+    rt.replies.Register(*matrix_adapter);
+    if (rt.desk_bridge) matrix_adapter->SetDeliveryListener(rt.desk_bridge.get());
   }
 
   auto ops = [&](const net::HttpRequest& req, net::Responder& respond) -> bool {
@@ -210,11 +235,15 @@ int Serve(const config::Config& config) {
       respond(Json(200, {{"status", "ok"}}));
     } else if (req.path == "/readyz") {
       // Ready: the index is loaded and, with Slack on, at least one socket has said hello.
+      // With Matrix on, its first sync has been handled.
       const size_t sockets = slack_adapter ? slack_adapter->ReadySockets() : 0;
-      const bool ok = ready.load() && !stopping.load() && (!slack_adapter || sockets > 0);
+      const bool matrix_ok = !matrix_adapter || matrix_adapter->Syncing();
+      const bool ok =
+          ready.load() && !stopping.load() && (!slack_adapter || sockets > 0) && matrix_ok;
       json body{{"status", ok ? "ready" : (stopping.load() ? "stopping" : "starting")},
                 {"chunks", rt.index->ChunkCount()}};
       if (slack_adapter) body["slack_sockets"] = sockets;
+      if (matrix_adapter) body["matrix_syncing"] = matrix_adapter->Syncing();
       respond(Json(ok ? 200 : 503, body));
     } else if (req.path == "/v1/escalations" || req.path.rfind("/v1/escalations/", 0) == 0) {
       // Reads tickets from the store: on the work pool, not an io thread.
@@ -374,6 +403,7 @@ int Serve(const config::Config& config) {
     spdlog::info("shutdown.start reason=\"{}\" in_flight={}", reason, rt.router->InFlight());
     stopping = true;
     if (slack_adapter) slack_adapter->StopIntake();  // unacknowledged events go to the next run
+    if (matrix_adapter) matrix_adapter->StopIntake();  // an unfinished batch comes again
     public_server.Stop();
     admin_server.Stop();
     local_server.Stop();
@@ -394,11 +424,15 @@ int Serve(const config::Config& config) {
         spdlog::info("shutdown.drained");
         finish();
       };
-      if (slack_adapter) {
-        slack_adapter->Stop(drained);
-      } else {
-        drained();
-      }
+      // Each adapter lets its queued replies go out; the daemon finishes when all have.
+      auto pending = std::make_shared<std::atomic<int>>(1 + (slack_adapter ? 1 : 0) +
+                                                        (matrix_adapter ? 1 : 0));
+      auto one_done = [pending, drained] {
+        if (pending->fetch_sub(1) == 1) drained();
+      };
+      if (slack_adapter) slack_adapter->Stop(one_done);
+      if (matrix_adapter) matrix_adapter->Stop(one_done);
+      one_done();
     });
   };
   signals.async_wait([&](boost::system::error_code ec, int signo) {
@@ -424,12 +458,16 @@ int Serve(const config::Config& config) {
     if (!resumed.ok()) spdlog::error("webhook.resume_failed error=\"{}\"", resumed.ToString());
     resumed = slack_adapter ? slack_adapter->ResumeOutbox() : Status::Ok();
     if (!resumed.ok()) spdlog::error("slack.resume_failed error=\"{}\"", resumed.ToString());
+    resumed = matrix_adapter ? matrix_adapter->ResumeOutbox() : Status::Ok();
+    if (!resumed.ok()) spdlog::error("matrix.resume_failed error=\"{}\"", resumed.ToString());
     auto replayed = rt.router->ReplayInbox();
     if (!replayed.ok()) spdlog::error("inbox.replay_failed error=\"{}\"", replayed.status().ToString());
     Status started = hook ? hook->Start(*rt.router) : Status::Ok();
     if (!started.ok()) spdlog::error("webhook.start_failed error=\"{}\"", started.ToString());
     started = slack_adapter ? slack_adapter->Start(*rt.router) : Status::Ok();
     if (!started.ok()) spdlog::error("slack.start_failed error=\"{}\"", started.ToString());
+    started = matrix_adapter ? matrix_adapter->Start(*rt.router) : Status::Ok();
+    if (!started.ok()) spdlog::error("matrix.start_failed error=\"{}\"", started.ToString());
     Status console_started = console.Start(*rt.router);
     (void)console_started;
     ready = true;
@@ -450,6 +488,10 @@ int Serve(const config::Config& config) {
     if (!config.webhook.secret.empty()) banner += "                (signed: see README)\n";
   }
   if (slack_adapter) banner += "  slack:        connecting (Socket Mode); mention the bot or DM it\n";
+  if (matrix_adapter) {
+    banner += "  matrix:       " + config.matrix.user_id + " on " + config.matrix.homeserver +
+              "; invite it to a room and mention it, or DM it\n";
+  }
   banner += "  health:       " + base + "/healthz   metrics: " + base + "/metrics\n\n";
   std::fputs(banner.c_str(), stderr);
 

@@ -1111,6 +1111,7 @@ class Parser {
            ChoiceField(&m.encrypted_rooms, {{"decline", MatrixEncryptedRooms::kDecline},
                                             {"notice", MatrixEncryptedRooms::kNotice}})},
           {"typing", BoolField(&m.typing)},
+          {"typing_delay_ms", IntField(&m.typing_delay_ms, 0, 60'000)},
           {"stream", BoolField(&m.stream)},
           {"stream_interval_ms", IntField(&m.stream_interval_ms, 250, 60'000)},
           {"stream_edits_per_minute", IntField(&m.stream_edits_per_minute, 1, 1000)},

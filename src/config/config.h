@@ -285,7 +285,8 @@ struct MatrixConfig {
   bool threads = true;            // reply in a thread of the question; false: a rich reply
   std::string msgtype = "m.notice";  // "m.notice" (default; never auto-answered) or "m.text"
   MatrixEncryptedRooms encrypted_rooms = MatrixEncryptedRooms::kNotice;
-  bool typing = true;  // typing notifications while a turn runs
+  bool typing = true;  // typing notifications while a turn runs ...
+  int typing_delay_ms = 500;  // ... once it has run this long (0 = at once), 0..60000
   // Streaming: the answer is posted with its first words and edited (m.replace) as it grows; the
   // final edit carries the complete answer. Every edit is an event and counts against the
   // server's message rate limit (Synapse: 0.2/s after a burst of 10).

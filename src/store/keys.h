@@ -21,6 +21,11 @@
 //   v1/esc/seen/<platform>/<event_id>       an inbound event the desk applied (JSON: ticket, time)
 //   v1/esc/queue/<queue>/<prio>/<ts_ms:016>/<id>  "" — queued (unclaimed) tickets in queue order
 //   v1/esc/streak/<conv>                    low-confidence answers in a row (JSON)
+//   --- Matrix adapter (adapters/matrix) ---
+//   v1/cursor/matrix                        the /sync next_batch of the last batch fully accepted
+//   v1/matrix/session                       the password login's token and device (JSON)
+//   v1/matrix/thread/<room>/<root>          unix ms: the bot answered in this thread
+//   v1/matrix/enotice/<room>                unix ms: the encrypted-room notice was posted here
 // <conv> is ConversationKey::Encode() (three escaped parts joined by '/'), and every other variable
 // part is escaped with EscapeKeyPart, so a prefix ending in '/' never matches a longer sibling.
 
@@ -108,5 +113,17 @@ inline std::string EscQueue(const std::string& queue, int prio, int64_t ts_ms,
   return EscQueuePrefix(queue) + std::to_string(prio) + "/" + ts + "/" + EscapeKeyPart(id);
 }
 inline std::string EscStreak(const ConversationKey& conv) { return kEscStreak + conv.Encode(); }
+
+// --- Matrix adapter (adapters/matrix) ---
+inline constexpr char kMatrixCursor[] = "v1/cursor/matrix";
+inline constexpr char kMatrixSession[] = "v1/matrix/session";
+inline constexpr char kMatrixThread[] = "v1/matrix/thread/";
+inline constexpr char kMatrixNotice[] = "v1/matrix/enotice/";
+inline std::string MatrixThread(const std::string& room, const std::string& root) {
+  return kMatrixThread + EscapeKeyPart(room) + "/" + EscapeKeyPart(root);
+}
+inline std::string MatrixNotice(const std::string& room) {
+  return kMatrixNotice + EscapeKeyPart(room);
+}
 
 }  // namespace parley::store::keys

@@ -233,6 +233,7 @@ const std::set<std::string> kAllKeys = {
     "matrix.msgtype",
     "matrix.encrypted_rooms",
     "matrix.typing",
+    "matrix.typing_delay_ms",
     "matrix.stream",
     "matrix.stream_interval_ms",
     "matrix.stream_edits_per_minute",
@@ -395,6 +396,7 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.matrix.msgtype, d.matrix.msgtype);
   EXPECT_EQ(c.matrix.encrypted_rooms, d.matrix.encrypted_rooms);
   EXPECT_EQ(c.matrix.typing, d.matrix.typing);
+  EXPECT_EQ(c.matrix.typing_delay_ms, d.matrix.typing_delay_ms);
   EXPECT_EQ(c.matrix.stream, d.matrix.stream);
   EXPECT_EQ(c.matrix.stream_interval_ms, d.matrix.stream_interval_ms);
   EXPECT_EQ(c.matrix.stream_edits_per_minute, d.matrix.stream_edits_per_minute);
