@@ -1135,6 +1135,12 @@ void MatrixAdapter::Attempt(const std::string& room) {
       }
     }
   }
+  if (!d->placeholder && d->parts_done == 0 && placeholder_event.empty() &&
+      !d->message.in_reply_to.empty()) {
+    // A partial answer posted by an earlier run (a crash mid-stream): finish that message.
+    auto orphan = kv_.Get(store::keys::MatrixPartial(room, d->message.in_reply_to));
+    if (orphan.ok() && !orphan->empty()) placeholder_event = *orphan;
+  }
   if (d->placeholder) return AttemptPlaceholder(room, *d);
   std::vector<json> parts = BuildReplyContents(d->message, Options());
   if (d->parts_done >= static_cast<int>(parts.size())) return Complete(room, Status::Ok());
@@ -1234,6 +1240,14 @@ void MatrixAdapter::PlaceholderDone(const std::string& room, const std::string& 
       if (event_id.empty()) it->second.failed = true;
       it->second.next_edit_ms = clock_.NowMs() + config_.stream_interval_ms;
     }
+    if (!event_id.empty() && !d.message.in_reply_to.empty()) {
+      // Remembered until the final lands, so that after a crash the answer of the turn run again
+      // finishes this message instead of leaving it half-written next to a new one. Not synced:
+      // losing it only means a new message, as without it.
+      store::WriteBatch batch;
+      batch.Put(store::keys::MatrixPartial(room, d.message.in_reply_to), event_id);
+      committer_.Submit(std::move(batch), nullptr, /*sync=*/false);
+    }
   }
   replies_pending_.Add(-1);
   ScheduleEdit(id);
@@ -1308,6 +1322,9 @@ void MatrixAdapter::Complete(const std::string& room, Status outcome) {
   }
   store::WriteBatch batch;
   outbox_.Remove(batch, kPlatform, d.id);
+  if (!d.message.in_reply_to.empty()) {
+    batch.Delete(store::keys::MatrixPartial(room, d.message.in_reply_to));
+  }
   // The bot is in the reply's thread; a message it posted on the main line (e.g. an escalation
   // card) roots threads it takes part in.
   const std::string& thread = d.message.conversation.thread;

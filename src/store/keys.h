@@ -122,6 +122,12 @@ inline constexpr char kMatrixNotice[] = "v1/matrix/enotice/";
 inline std::string MatrixThread(const std::string& room, const std::string& root) {
   return kMatrixThread + EscapeKeyPart(room) + "/" + EscapeKeyPart(root);
 }
+// The posted first part of a streamed answer, by the message it answers (the answer's own id is
+// new when a crash made the turn run again): a replayed final edits it instead of posting anew.
+inline constexpr char kMatrixPartial[] = "v1/matrix/partial/";
+inline std::string MatrixPartial(const std::string& room, const std::string& in_reply_to) {
+  return kMatrixPartial + EscapeKeyPart(room) + "/" + EscapeKeyPart(in_reply_to);
+}
 inline std::string MatrixNotice(const std::string& room) {
   return kMatrixNotice + EscapeKeyPart(room);
 }

@@ -25,6 +25,7 @@
 #include "core/percent.h"
 #include "net/http.h"
 #include "store/committer.h"
+#include "store/keys.h"
 #include "store/kv_store.h"
 #include "store/records.h"
 #include "tests/fakes/matrix/matrix_server.h"
@@ -373,6 +374,10 @@ TEST_F(MatrixAdapterTest, BurstLargerThanTheTimelineLimitIsDeliveredOnce) {
     ids.push_back(server_->SendText(room, kAlice, "parley: q" + std::to_string(i), M(kBot)));
   }
   ASSERT_TRUE(WaitInbound(ids.back()));
+  // The batch is finished (its cursor stored) once the next long-poll is held: a batch cut off
+  // by the stop would come again after the restart (which the router's de-duplication absorbs,
+  // but this sink counts).
+  ASSERT_TRUE(server_->WaitFor([&] { return server_->PendingSyncs() >= 1; }));
   // While stopped: a larger burst, answered after the restart from the gap.
   StopAdapter();
   std::vector<std::string> later;
@@ -403,7 +408,8 @@ TEST_F(MatrixAdapterTest, RestartResumesFromTheStoredCursorWithoutReplay) {
   StartAdapter();
   const std::string before = server_->SendText(room, kAlice, "parley: first", M(kBot));
   ASSERT_TRUE(WaitInbound(before));
-  ASSERT_TRUE(server_->WaitFor([&] { return adapter_->Syncing(); }));
+  // Its batch is finished once the next long-poll is held (see the burst test).
+  ASSERT_TRUE(server_->WaitFor([&] { return server_->PendingSyncs() >= 1; }));
   StopAdapter();
   const std::string during =
       server_->SendText(room, kAlice, "parley: while you were down", M(kBot));
@@ -622,6 +628,39 @@ TEST_F(MatrixAdapterTest, StreamingPostsOnceThenEditsToTheCompleteAnswer) {
   partial.text = "stale";
   adapter_->SendPartial(partial);
   EXPECT_FALSE(server_->WaitFor([&] { return BotMessages(room).size() > events.size(); }, 300));
+}
+
+TEST_F(MatrixAdapterTest, PartialAnswerLeftByACrashIsFinishedByTheAnswerOfTheReplayedTurn) {
+  const std::string room = Room();
+  StartAdapter();
+  const std::string q = server_->SendText(room, kAlice, "parley: stream please", M(kBot));
+  ASSERT_TRUE(WaitInbound(q));
+  OutboundMessage partial = ReplyTo(Inbound(q), "turn-before-crash", "The compl");
+  adapter_->SendPartial(partial);
+  ASSERT_TRUE(server_->WaitFor([&] { return BotMessages(room).size() == 1; }));
+  const std::string posted = BotMessages(room)[0].event_id;
+  // The daemon dies before the final: the turn runs again after the restart, with a new id.
+  StopAdapter();
+  StartAdapter();
+  ASSERT_TRUE(SendReply(ReplyTo(Inbound(q), "turn-after-restart", "The complete answer.")).ok());
+  ASSERT_TRUE(OutboxEmpty());
+  const auto events = BotMessages(room);
+  ASSERT_EQ(events.size(), 2u);  // the partial and one edit of it: no second answer
+  EXPECT_EQ(events[1].content["m.relates_to"]["rel_type"], "m.replace");
+  EXPECT_EQ(events[1].content["m.relates_to"]["event_id"], posted);
+  EXPECT_EQ(events[1].content["m.new_content"]["body"], "The complete answer.");
+  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.receipts().empty(); }));
+  EXPECT_EQ(listener_.receipts().back().platform_message_id, posted);
+  // Done with: once its record is gone, the next answer to the same question posts normally.
+  ASSERT_TRUE(parley::testing::WaitFor(
+      [&] { return !kv_->Get(store::keys::MatrixPartial(room, q)).ok(); },
+      std::chrono::milliseconds(kWaitMs)));
+  ASSERT_TRUE(SendReply(ReplyTo(Inbound(q), "another", "Another answer.")).ok());
+  ASSERT_TRUE(server_->WaitFor([&] { return BotMessages(room).size() >= 3; }));
+  const auto after = BotMessages(room);
+  ASSERT_EQ(after.size(), 3u);
+  EXPECT_FALSE(after[2].content["m.relates_to"].contains("rel_type") &&
+               after[2].content["m.relates_to"]["rel_type"] == "m.replace");
 }
 
 TEST_F(MatrixAdapterTest, RateLimitInOneRoomDoesNotStallAnother) {
