@@ -206,7 +206,10 @@ TEST_F(SlackDeskTest, CardThreadKnownFromParentUserIdAfterARestartWithoutTheMark
          {"parent_user_id", "U0BOT"}};
   server_.SendEvent(e);
   e["ts"] = Ts();
-  e["parent_user_id"] = "U0SOMEONE";  // a person's thread: needs a mention
+  // Another thread, started by a person: needs a mention. (Not the same thread: once its first
+  // message was taken, the bot's thread is remembered.)
+  e["thread_ts"] = "1699999999.000002";
+  e["parent_user_id"] = "U0SOMEONE";
   server_.SendEvent(e);
   ASSERT_TRUE(WaitFor([&] { return sink_.count() >= 1; }));
   ASSERT_TRUE(AllAcked());
