@@ -508,18 +508,18 @@ class Parser {
     };
   }
 
-  enum class SlackIdKind { kUser, kChannel };
-
-  // A list of Slack ids: users U…/W…, channels C…/G…. Names are refused: they can be renamed
-  // and reused, ids cannot.
-  Handler SlackIdListField(std::vector<std::string>* out, SlackIdKind kind) {
-    return [this, out, kind](const toml::node& n, const std::string& key, uint32_t line) {
+  // An array of strings, each checked by `problem` (empty: fine; otherwise what is wrong with
+  // that item). Sets *out only when every item is fine.
+  Handler CheckedStringListField(std::vector<std::string>* out,
+                                 std::function<std::string(const StringValue&)> problem) {
+    return [this, out, problem = std::move(problem)](const toml::node& n, const std::string& key,
+                                                     uint32_t line) {
       const toml::array* a = n.as_array();
       if (a == nullptr) {
         Error(line, key, std::string("expected an array of strings, got ") + TypeName(n.type()));
         return;
       }
-      std::vector<std::string> ids;
+      std::vector<std::string> items;
       bool ok = true;
       for (size_t i = 0; i < a->size(); ++i) {
         const toml::node& item = *a->get(i);
@@ -530,28 +530,33 @@ class Parser {
           ok = false;
           continue;
         }
-        const std::string& id = v->value;
-        std::string problem;
-        if (id.empty()) {
-          problem = "must not be empty";
-        } else if (kind == SlackIdKind::kChannel) {
-          if (IsSlackId(id, "D")) {
-            problem = "a DM id does not belong here: DMs follow slack.dm_policy";
-          } else if (!IsSlackId(id, "CG")) {
-            problem = "use the channel id (C…), not its name";
-          }
-        } else if (!IsSlackId(id, "UW")) {
-          problem = "use the user id (U…), not a name";
-        }
-        if (!problem.empty()) {
-          Error(item_line, item_key, problem);
+        const std::string what = problem(*v);
+        if (!what.empty()) {
+          Error(item_line, item_key, what);
           ok = false;
           continue;
         }
-        ids.push_back(id);
+        items.push_back(std::move(v->value));
       }
-      if (ok) *out = std::move(ids);
+      if (ok) *out = std::move(items);
     };
+  }
+
+  enum class SlackIdKind { kUser, kChannel };
+
+  // A list of Slack ids: users U…/W…, channels C…/G…. Names are refused: they can be renamed
+  // and reused, ids cannot.
+  Handler SlackIdListField(std::vector<std::string>* out, SlackIdKind kind) {
+    return CheckedStringListField(out, [kind](const StringValue& v) -> std::string {
+      const std::string& id = v.value;
+      if (id.empty()) return "must not be empty";
+      if (kind == SlackIdKind::kChannel) {
+        if (IsSlackId(id, "D")) return "a DM id does not belong here: DMs follow slack.dm_policy";
+        if (!IsSlackId(id, "CG")) return "use the channel id (C…), not its name";
+        return "";
+      }
+      return IsSlackId(id, "UW") ? "" : "use the user id (U…), not a name";
+    });
   }
 
   // The Web API base URL: http(s), ending in "/", no user info, query or fragment; plain
@@ -637,35 +642,14 @@ class Parser {
   // A list of Matrix ids with the given sigil ('@' users, '!' rooms): "<sigil>local:server".
   // With globs, '*' may stand for any run of characters (e.g. "@*:example.org").
   Handler MatrixIdListField(std::vector<std::string>* out, char sigil, bool globs) {
-    return [this, out, sigil, globs](const toml::node& n, const std::string& key, uint32_t line) {
-      const toml::array* a = n.as_array();
-      if (a == nullptr) {
-        Error(line, key, std::string("expected an array of strings, got ") + TypeName(n.type()));
-        return;
+    return CheckedStringListField(out, [sigil, globs](const StringValue& v) -> std::string {
+      if (IsMatrixId(v.value, sigil) && (globs || v.value.find('*') == std::string::npos)) {
+        return "";
       }
-      std::vector<std::string> ids;
-      bool ok = true;
-      for (size_t i = 0; i < a->size(); ++i) {
-        const toml::node& item = *a->get(i);
-        const std::string item_key = key + "[" + std::to_string(i) + "]";
-        const uint32_t item_line = LineOf(item) > 0 ? LineOf(item) : line;
-        std::optional<StringValue> v = String(item, item_key, item_line);
-        if (!v) {
-          ok = false;
-          continue;
-        }
-        if (!IsMatrixId(v->value, sigil) || (!globs && v->value.find('*') != std::string::npos)) {
-          Error(item_line, item_key,
-                std::string("expected a Matrix ") + (sigil == '@' ? "user" : "room") + " id (" +
-                    (sigil == '@' ? "@name:server" : "!id:server") +
-                    (globs ? "; * matches any characters" : "") + "), got " + v->Describe());
-          ok = false;
-          continue;
-        }
-        ids.push_back(v->value);
-      }
-      if (ok) *out = std::move(ids);
-    };
+      return std::string("expected a Matrix ") + (sigil == '@' ? "user" : "room") + " id (" +
+             (sigil == '@' ? "@name:server" : "!id:server") +
+             (globs ? "; * matches any characters" : "") + "), got " + v.Describe();
+    });
   }
 
   Handler MatrixUserIdField(std::string* out) {
