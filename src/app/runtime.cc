@@ -197,6 +197,7 @@ Status Runtime::EnableLlm() {
   options.max_retries = c.max_retries;
   options.breaker_failures = c.breaker_failures;
   options.breaker_cooldown_ms = c.breaker_cooldown_ms;
+  options.max_concurrent = c.max_concurrent;
   llm_client = llm::MakeOpenAiClient(io, http, options, metrics);
 
   tool_registry = std::make_unique<tools::ToolRegistry>();

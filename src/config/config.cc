@@ -985,6 +985,7 @@ class Parser {
           {"max_retries", IntField(&l.max_retries, 0, 10)},
           {"breaker_failures", IntField(&l.breaker_failures, 1, 1000)},
           {"breaker_cooldown_ms", IntField(&l.breaker_cooldown_ms, 1, 3'600'000)},
+          {"max_concurrent", IntField(&l.max_concurrent, 0, 100'000)},
           {"headers", HeadersField(&l.headers)},
           {"context_tokens", IntField(&l.context_tokens, 256, 10'000'000)},
           {"max_sources", IntField(&l.max_sources, 0, 50)},

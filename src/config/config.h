@@ -93,6 +93,8 @@ struct LlmConfig {
   int max_retries = 2;        // 429 / 5xx / connection errors, before the first token only
   int breaker_failures = 5;   // consecutive failed calls that open the circuit breaker
   int breaker_cooldown_ms = 30'000;  // open circuit: calls fail at once for this long
+  // Calls to the endpoint at once (0 = unlimited); more wait in a FIFO queue in the client.
+  int max_concurrent = 1'024;
   std::vector<std::pair<std::string, std::string>> headers;  // extra request headers
   // Prompt budget (tokens, estimated at ~4 characters per token): memory turns and sources are
   // trimmed to fit, oldest turns first, then the weakest sources.

@@ -6,10 +6,17 @@
 // on_done is posted to the io_context (never run inside Complete() or under the lock) after the
 // call is marked finished, so it follows the last on_delta.
 //
-// Timers: the first-token timer (headers + first data event) and the backoff timer are asio
-// steady_timers on the io_context; the first-token timer ends the attempt itself and sets the
-// transfer's cancel flag so the HTTP client drops it at its next callback. Idle (between body
-// bytes) and total (timeout_ms, the remaining call budget) are enforced by the HTTP client.
+// Slots (max_concurrent): Core counts the calls holding a slot and keeps the waiting ones in a
+// FIFO list; a call's queue position and slot flag are guarded by Core::queue_mu. Lock order:
+// Call::mu_ before Core::queue_mu (and before Core::breaker_mu), never the other way round, so
+// a finishing call passes its slot on by popping the next call under queue_mu and posting that
+// call's start to the io_context, where it takes its own mutex.
+//
+// Timers: the first-token timer (headers + first data event) and the call's timer (the queue
+// deadline while waiting for a slot, then the retry backoff) are asio steady_timers on the
+// io_context; the first-token timer ends the attempt itself and sets the transfer's cancel flag
+// so the HTTP client drops it at its next callback. Idle (between body bytes) and total
+// (timeout_ms, the remaining call budget) are enforced by the HTTP client.
 
 #include "llm/client.h"
 
@@ -24,6 +31,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <ctime>
+#include <list>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -97,7 +105,10 @@ struct Metrics {
                                    "kind=\"prompt\"")),
         completion_tokens(r.GetCounter("parley_llm_tokens_total", "Tokens reported by the LLM",
                                        "kind=\"completion\"")),
-        breaker_open(r.GetGauge("parley_llm_breaker_open", "1 while the LLM circuit is open")) {}
+        breaker_open(r.GetGauge("parley_llm_breaker_open", "1 while the LLM circuit is open")),
+        queued(r.GetGauge("parley_llm_queued", "LLM calls waiting for a slot (max_concurrent)")),
+        in_flight(r.GetGauge("parley_llm_in_flight",
+                             "LLM calls holding a slot (HTTP attempt or retry backoff)")) {}
 
   Counter& Requests(const std::string& result) {
     return registry.GetCounter("parley_llm_requests_total", "LLM calls by outcome",
@@ -111,7 +122,11 @@ struct Metrics {
   Counter& prompt_tokens;
   Counter& completion_tokens;
   Gauge& breaker_open;
+  Gauge& queued;
+  Gauge& in_flight;
 };
+
+class Call;
 
 // Shared by the client and its in-flight calls.
 struct Core {
@@ -130,6 +145,23 @@ struct Core {
   bool open = false;
   Clock::time_point open_until;
   bool trial_in_flight = false;
+
+  // Slots. Guarded by queue_mu (as are Call::queue_pos_, queued_ and has_slot_).
+  std::mutex queue_mu;
+  int holding = 0;                         // calls holding a slot
+  std::list<std::shared_ptr<Call>> queue;  // waiting calls, oldest first
+
+  // Gives `call` a slot (true) or appends it to the queue (false). Called under call->mu_.
+  bool Enter(const std::shared_ptr<Call>& call);
+  // Takes a finishing call out of the queue, or passes its slot on. Called under call.mu_.
+  // Returns the queue's reference to the call (if it was queued), to be dropped by the caller.
+  std::shared_ptr<Call> Leave(Call& call);
+
+  // True while the circuit rejects every call (open, cooldown running or trial in flight).
+  bool Rejecting() {
+    std::lock_guard<std::mutex> lock(breaker_mu);
+    return open && (Clock::now() < open_until || trial_in_flight);
+  }
 
   // True when the call may proceed; sets *trial when it is the half-open trial.
   bool Admit(bool* trial) {
@@ -197,18 +229,17 @@ struct Attempt {
 class Call final : public LlmCall, public std::enable_shared_from_this<Call> {
  public:
   Call(std::shared_ptr<Core> core, ChatRequest request, DeltaCallback on_delta,
-       DoneCallback on_done, bool trial)
+       DoneCallback on_done)
       : core_(std::move(core)),
         streaming_(request.stream),
         on_delta_(std::move(on_delta)),
         on_done_(std::move(on_done)),
-        trial_(trial),
         start_(Clock::now()),
         // total_timeout_ms <= 0: no overall deadline (a year stands in for "none").
         deadline_(start_ + (core_->options.total_timeout_ms > 0
                                 ? milliseconds(core_->options.total_timeout_ms)
                                 : milliseconds(int64_t{365} * 24 * 3600 * 1000))),
-        backoff_timer_(core_->io) {
+        timer_(core_->io) {
     BodyOptions body_options;
     body_options.model = core_->options.model;
     body_options.temperature = core_->options.temperature;
@@ -216,12 +247,32 @@ class Call final : public LlmCall, public std::enable_shared_from_this<Call> {
     body_ = std::make_shared<const std::string>(BuildRequestBody(request, body_options));
   }
 
-  void Start() {
+  // Starts the call now if it gets a slot, else queues it (with its deadline timer armed).
+  void Submit() {
     std::lock_guard<std::mutex> lock(mu_);
-    StartAttemptLocked();
+    if (core_->Enter(shared_from_this())) {
+      StartWithSlotLocked();
+      return;
+    }
+    waiting_ = true;
+    if (core_->options.total_timeout_ms > 0) {
+      timer_.expires_at(deadline_);
+      timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+        if (ec) return;
+        self->OnQueueDeadline();
+      });
+    }
+  }
+
+  // Io thread: the slot passed on by a finished call.
+  void OnSlot() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;  // finished meanwhile; Leave() passed the slot on
+    StartWithSlotLocked();
   }
 
   void Cancel() override {
+    const std::shared_ptr<Call> keep = shared_from_this();  // the queue may hold the last owner
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;
     cancelled_ = true;
@@ -229,6 +280,40 @@ class Call final : public LlmCall, public std::enable_shared_from_this<Call> {
   }
 
  private:
+  friend struct Core;
+
+  // The call holds a slot: admission by the circuit breaker, then the first attempt.
+  void StartWithSlotLocked() {
+    if (waiting_) {
+      waiting_ = false;
+      timer_.cancel();
+    }
+    if (RemainingMs() <= 0) {
+      FinishLocked(Status::DeadlineExceeded("LLM call exceeded " +
+                                            std::to_string(core_->options.total_timeout_ms) +
+                                            " ms waiting for a free slot"));
+      return;
+    }
+    bool trial = false;
+    if (!core_->Admit(&trial)) {
+      circuit_open_ = true;
+      FinishLocked(Status::Unavailable("circuit open"));
+      return;
+    }
+    admitted_ = true;
+    trial_ = trial;
+    StartAttemptLocked();
+  }
+
+  // Io thread (asio timer): the deadline passed while the call waited for a slot.
+  void OnQueueDeadline() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || !waiting_) return;
+    FinishLocked(Status::DeadlineExceeded("LLM call exceeded " +
+                                          std::to_string(core_->options.total_timeout_ms) +
+                                          " ms waiting for a free slot"));
+  }
+
   int64_t RemainingMs() const {
     return std::chrono::duration_cast<milliseconds>(deadline_ - Clock::now()).count();
   }
@@ -451,8 +536,8 @@ class Call final : public LlmCall, public std::enable_shared_from_this<Call> {
     core_->metrics.retries.Add();
     spdlog::warn("llm.retry attempt={} wait_ms={} status=\"{}\"", attempts_, wait_ms,
                  s.ToString());
-    backoff_timer_.expires_after(milliseconds(wait_ms));
-    backoff_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+    timer_.expires_after(milliseconds(wait_ms));
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
       if (ec) return;
       std::lock_guard<std::mutex> lock(self->mu_);
       if (self->finished_) return;
@@ -463,17 +548,31 @@ class Call final : public LlmCall, public std::enable_shared_from_this<Call> {
   void FinishLocked(Result<ChatResult> result) {
     if (finished_) return;
     finished_ = true;
-    backoff_timer_.cancel();
+    waiting_ = false;
+    timer_.cancel();
     if (attempt_ != nullptr && !attempt_->ended) EndAttemptLocked(*attempt_);
     const Status status = result.ok() ? Status::Ok() : result.status();
-    core_->Record(status, trial_, cancelled_);
+    // A call the breaker never admitted sent nothing: it tells nothing about the endpoint.
+    if (admitted_) core_->Record(status, trial_, cancelled_);
+    // Out of the queue, or the slot to the next waiting call; after Record(), so that the next
+    // call's admission sees the breaker state this call's outcome left. The queue's reference
+    // (if any) is dropped at the end of this function; the caller of the Call method holds
+    // another.
+    const std::shared_ptr<Call> queue_ref = core_->Leave(*this);
     Metrics& m = core_->metrics;
-    m.Requests(cancelled_ ? "cancelled" : ResultLabel(status)).Add();
-    m.seconds.ObserveNanos(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start_).count());
-    const int64_t ms =
-        std::chrono::duration_cast<milliseconds>(Clock::now() - start_).count();
-    if (result.ok()) {
+    const std::string label = cancelled_      ? "cancelled"
+                              : circuit_open_ ? "circuit_open"
+                                              : ResultLabel(status);
+    m.Requests(label).Add();
+    const Clock::duration elapsed = Clock::now() - start_;
+    const int64_t ms = std::chrono::duration_cast<milliseconds>(elapsed).count();
+    // No duration sample for a call the breaker refused (as for one refused by Complete()).
+    if (!circuit_open_) {
+      m.seconds.ObserveNanos(std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count());
+    }
+    if (circuit_open_) {
+      spdlog::debug("llm.circuit_open queued_ms={}", ms);
+    } else if (result.ok()) {
       const Usage& u = result->usage;
       if (u.present) {
         m.prompt_tokens.Add(static_cast<uint64_t>(std::max<int64_t>(0, u.prompt_tokens)));
@@ -507,16 +606,66 @@ class Call final : public LlmCall, public std::enable_shared_from_this<Call> {
   // Guarded by mu_:
   DeltaCallback on_delta_;
   DoneCallback on_done_;
-  const bool trial_;
   const Clock::time_point start_;
   const Clock::time_point deadline_;
-  asio::steady_timer backoff_timer_;
+  // While waiting_: the queue deadline; after the slot: the retry backoff.
+  asio::steady_timer timer_;
   std::shared_ptr<Attempt> attempt_;
   int attempts_ = 0;
+  bool waiting_ = false;       // queued, or given a slot whose OnSlot has not run yet
+  bool admitted_ = false;      // passed the circuit breaker (then Record() must follow)
+  bool trial_ = false;         // admitted as the half-open trial
+  bool circuit_open_ = false;  // refused by the breaker when the slot came
   bool delta_sent_ = false;
   bool finished_ = false;
   bool cancelled_ = false;
+  // Guarded by Core::queue_mu:
+  std::list<std::shared_ptr<Call>>::iterator queue_pos_;
+  bool queued_ = false;    // in Core::queue at queue_pos_
+  bool has_slot_ = false;  // counted in Core::holding
 };
+
+bool Core::Enter(const std::shared_ptr<Call>& call) {
+  std::lock_guard<std::mutex> lock(queue_mu);
+  if (options.max_concurrent <= 0 || (holding < options.max_concurrent && queue.empty())) {
+    ++holding;
+    call->has_slot_ = true;
+    metrics.in_flight.Set(holding);
+    return true;
+  }
+  call->queue_pos_ = queue.insert(queue.end(), call);
+  call->queued_ = true;
+  metrics.queued.Set(static_cast<int64_t>(queue.size()));
+  return false;
+}
+
+std::shared_ptr<Call> Core::Leave(Call& call) {
+  std::shared_ptr<Call> queue_ref;
+  std::lock_guard<std::mutex> lock(queue_mu);
+  if (call.queued_) {
+    queue_ref = std::move(*call.queue_pos_);
+    queue.erase(call.queue_pos_);
+    call.queued_ = false;
+  }
+  if (call.has_slot_) {
+    call.has_slot_ = false;
+    if (queue.empty()) {
+      --holding;
+    } else {
+      // The slot goes to the oldest waiting call (finished calls have left the queue), which
+      // starts on an io thread: not under this call's mutex, and no recursion through a chain
+      // of calls that end at once (circuit open, deadline passed).
+      std::shared_ptr<Call> next = std::move(queue.front());
+      queue.pop_front();
+      next->queued_ = false;
+      next->has_slot_ = true;
+      asio::post(io, [next]() { next->OnSlot(); });
+    }
+  }
+  metrics.queued.Set(static_cast<int64_t>(queue.size()));
+  metrics.in_flight.Set(holding);
+  return queue_ref;
+}
 
 // The handle of a call that never started (circuit open).
 class NoCall final : public LlmCall {
@@ -530,8 +679,9 @@ class OpenAiClient final : public LlmClient {
 
   std::shared_ptr<LlmCall> Complete(ChatRequest request, DeltaCallback on_delta,
                                     DoneCallback on_done) override {
-    bool trial = false;
-    if (!core_->Admit(&trial)) {
+    // Refused at once while the circuit is open; otherwise the breaker admits the call when it
+    // gets its slot (now, or when its turn in the queue comes).
+    if (core_->Rejecting()) {
       core_->metrics.Requests("circuit_open").Add();
       asio::post(core_->io, [done = std::move(on_done)]() {
         if (!done) return;
@@ -542,9 +692,9 @@ class OpenAiClient final : public LlmClient {
       });
       return std::make_shared<NoCall>();
     }
-    auto call = std::make_shared<Call>(core_, std::move(request), std::move(on_delta),
-                                       std::move(on_done), trial);
-    call->Start();
+    auto call =
+        std::make_shared<Call>(core_, std::move(request), std::move(on_delta), std::move(on_done));
+    call->Submit();
     return call;
   }
 

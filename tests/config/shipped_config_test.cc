@@ -132,6 +132,7 @@ const std::set<std::string> kAllKeys = {
     "llm.max_retries",
     "llm.breaker_failures",
     "llm.breaker_cooldown_ms",
+    "llm.max_concurrent",
     "llm.headers",
     "llm.context_tokens",
     "llm.max_sources",
@@ -327,6 +328,7 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.llm.max_retries, d.llm.max_retries);
   EXPECT_EQ(c.llm.breaker_failures, d.llm.breaker_failures);
   EXPECT_EQ(c.llm.breaker_cooldown_ms, d.llm.breaker_cooldown_ms);
+  EXPECT_EQ(c.llm.max_concurrent, d.llm.max_concurrent);
   EXPECT_EQ(c.llm.context_tokens, d.llm.context_tokens);
   EXPECT_EQ(c.llm.max_sources, d.llm.max_sources);
   EXPECT_EQ(c.llm.summary_chars, d.llm.summary_chars);

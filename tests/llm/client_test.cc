@@ -601,5 +601,231 @@ TEST_F(LlmClientTest, CancelEndsTheCallAtOnceAndDoesNotTripTheBreaker) {
   call->Cancel();  // after the end: nothing happens
 }
 
+// --- max_concurrent: the slot queue ---------------------------------------------------------
+
+// A call started without waiting for it, and what it reported.
+struct Launched {
+  std::shared_ptr<LlmCall> handle;
+  std::shared_ptr<Observed> seen;
+  bool Done() const {
+    std::lock_guard<std::mutex> lock(seen->mu);
+    return seen->result.has_value();
+  }
+  Result<ChatResult> Outcome() const {
+    std::lock_guard<std::mutex> lock(seen->mu);
+    return seen->result ? *seen->result : Result<ChatResult>(Status::Internal("test: no result"));
+  }
+};
+
+class LlmQueueTest : public LlmClientTest {
+ protected:
+  Launched Launch(LlmClient& client, const std::string& text) {
+    Launched l;
+    l.seen = std::make_shared<Observed>();
+    auto seen = l.seen;
+    l.handle = client.Complete(
+        UserRequest(text),
+        [seen](std::string_view delta) {
+          std::lock_guard<std::mutex> lock(seen->mu);
+          if (seen->done_calls > 0) seen->delta_after_done = true;
+          seen->deltas.emplace_back(delta);
+        },
+        [seen](Result<ChatResult> r) {
+          std::lock_guard<std::mutex> lock(seen->mu);
+          ++seen->done_calls;
+          if (!seen->result) seen->result.emplace(std::move(r));
+        });
+    observed_.push_back(seen);
+    return l;
+  }
+
+  static bool AllDone(const std::vector<Launched>& calls) {
+    for (const auto& c : calls) {
+      if (!c.Done()) return false;
+    }
+    return true;
+  }
+
+  // Every request is answered "You said: <text>" after delay_ms.
+  void AnswerAfter(int delay_ms) {
+    server_.SetResponder([delay_ms](const json& request) {
+      LlmReply r;
+      r.kind = Kind::kText;
+      r.text = "You said: " + request["messages"].back()["content"].get<std::string>();
+      r.delay_ms = delay_ms;
+      return r;
+    });
+  }
+
+  // The user text of every request the server received, in arrival order.
+  std::vector<std::string> ServerSaw() const {
+    std::vector<std::string> out;
+    for (const json& body : server_.Requests()) {
+      out.push_back(body["messages"].back()["content"].get<std::string>());
+    }
+    return out;
+  }
+
+  bool HasMetric(const std::string& line) const {
+    return Metrics().find(line + "\n") != std::string::npos;
+  }
+};
+
+TEST_F(LlmQueueTest, AtMostMaxConcurrentCallsReachTheServerAndTheRestStartInOrder) {
+  LlmOptions o = Options();
+  o.max_concurrent = 3;
+  auto client = Client(o);
+  AnswerAfter(400);
+  std::vector<Launched> calls;
+  for (int i = 0; i < 10; ++i) calls.push_back(Launch(*client, "call " + std::to_string(i)));
+  // 400 ms before any answer: three calls hold a slot, seven wait.
+  EXPECT_TRUE(HasMetric("parley_llm_in_flight 3")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_queued 7")) << Metrics();
+  ASSERT_TRUE(WaitFor([&] { return AllDone(calls); }, milliseconds(15'000)));
+  for (int i = 0; i < 10; ++i) {
+    Result<ChatResult> r = calls[i].Outcome();
+    ASSERT_TRUE(r.ok()) << i << ": " << r.status().ToString();
+    EXPECT_EQ(r->content, "You said: call " + std::to_string(i));
+  }
+  EXPECT_EQ(server_.MaxConcurrent(), 3u);
+  // FIFO: the calls start in waves of three (a wave's calls start at about the same time and
+  // may reach the server in any order among themselves, but never before an earlier wave).
+  const std::vector<std::string> saw = ServerSaw();
+  ASSERT_EQ(saw.size(), 10u);
+  for (size_t position = 0; position < saw.size(); ++position) {
+    const int call = std::stoi(saw[position].substr(5));
+    EXPECT_EQ(static_cast<size_t>(call) / 3, position / 3)
+        << "call " << call << " was request " << position;
+  }
+  EXPECT_TRUE(HasMetric("parley_llm_in_flight 0")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_queued 0")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_requests_total{result=\"ok\"} 10")) << Metrics();
+}
+
+TEST_F(LlmQueueTest, ZeroMeansUnlimited) {
+  EXPECT_EQ(LlmOptions().max_concurrent, 1024);  // the documented default
+  LlmOptions o = Options();
+  o.max_concurrent = 0;
+  auto client = Client(o);
+  AnswerAfter(400);
+  std::vector<Launched> calls;
+  for (int i = 0; i < 10; ++i) calls.push_back(Launch(*client, "call " + std::to_string(i)));
+  EXPECT_TRUE(HasMetric("parley_llm_queued 0")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_in_flight 10")) << Metrics();
+  ASSERT_TRUE(server_.WaitForRequests(10, 5'000));  // all at once, none waits for an answer
+  ASSERT_TRUE(WaitFor([&] { return AllDone(calls); }, milliseconds(10'000)));
+  for (const auto& c : calls) EXPECT_TRUE(c.Outcome().ok()) << c.Outcome().status().ToString();
+  EXPECT_EQ(server_.MaxConcurrent(), 10u);
+  EXPECT_TRUE(HasMetric("parley_llm_in_flight 0")) << Metrics();
+}
+
+TEST_F(LlmQueueTest, CancelledQueuedCallEndsAtOnceAndNeverReachesTheServer) {
+  LlmOptions o = Options();
+  o.max_concurrent = 1;
+  auto client = Client(o);
+  AnswerAfter(800);
+  Launched a = Launch(*client, "A");
+  Launched b = Launch(*client, "B");
+  Launched c = Launch(*client, "C");
+  ASSERT_TRUE(server_.WaitForRequests(1, 5'000));
+  EXPECT_TRUE(HasMetric("parley_llm_queued 2")) << Metrics();
+  const auto cancelled_at = Clock::now();
+  b.handle->Cancel();
+  ASSERT_TRUE(WaitFor([&] { return b.Done(); }));
+  EXPECT_LT(Clock::now() - cancelled_at, milliseconds(400));  // not after A's answer
+  EXPECT_FALSE(a.Done());
+  EXPECT_EQ(b.Outcome().status().code(), Status::Code::kUnavailable);
+  EXPECT_EQ(b.Outcome().status().message(), "cancelled");
+  EXPECT_TRUE(HasMetric("parley_llm_queued 1")) << Metrics();
+  b.handle->Cancel();  // again: nothing happens
+
+  // C takes the slot after A as if B had never been there.
+  ASSERT_TRUE(WaitFor([&] { return a.Done() && c.Done(); }, milliseconds(10'000)));
+  ASSERT_TRUE(a.Outcome().ok()) << a.Outcome().status().ToString();
+  ASSERT_TRUE(c.Outcome().ok()) << c.Outcome().status().ToString();
+  EXPECT_EQ(c.Outcome()->content, "You said: C");
+  EXPECT_EQ(ServerSaw(), (std::vector<std::string>{"A", "C"}));
+  EXPECT_EQ(server_.MaxConcurrent(), 1u);
+  EXPECT_TRUE(HasMetric("parley_llm_requests_total{result=\"cancelled\"} 1")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_in_flight 0")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_queued 0")) << Metrics();
+}
+
+// Passes requests on with no overall transfer deadline: a slot holder that overruns its own
+// total timeout. With one total timeout for every call and a FIFO queue, a waiting call's
+// deadline can only pass while it waits when the calls ahead of it take longer than theirs
+// (here deterministically; in production by a small overrun at the boundary).
+class OverrunningHttp final : public net::HttpClient {
+ public:
+  explicit OverrunningHttp(std::shared_ptr<net::HttpClient> inner) : inner_(std::move(inner)) {}
+  void Request(net::ClientRequest request, net::ClientCallback callback) override {
+    request.timeout_ms = 0;
+    inner_->Request(std::move(request), std::move(callback));
+  }
+
+ private:
+  std::shared_ptr<net::HttpClient> inner_;
+};
+
+TEST_F(LlmQueueTest, QueuedCallWhoseDeadlinePassesEndsWithoutARequest) {
+  LlmOptions o = Options();
+  o.max_concurrent = 1;
+  o.total_timeout_ms = 400;
+  o.first_token_timeout_ms = 20'000;
+  auto client = MakeOpenAiClient(io_.io, std::make_shared<OverrunningHttp>(http_), o, metrics_);
+  AnswerAfter(1'500);
+  const auto start = Clock::now();
+  Launched a = Launch(*client, "A");
+  Launched b = Launch(*client, "B");
+  ASSERT_TRUE(WaitFor([&] { return b.Done(); }));
+  const auto waited = Clock::now() - start;
+  EXPECT_FALSE(a.Done());  // B's slot never came
+  EXPECT_EQ(b.Outcome().status().code(), Status::Code::kDeadlineExceeded)
+      << b.Outcome().status().ToString();
+  EXPECT_NE(b.Outcome().status().message().find("waiting for a free slot"), std::string::npos);
+  EXPECT_GE(waited, milliseconds(390));
+  EXPECT_LT(waited, milliseconds(1'400));
+  EXPECT_TRUE(HasMetric("parley_llm_queued 0")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_in_flight 1")) << Metrics();
+
+  ASSERT_TRUE(WaitFor([&] { return a.Done(); }, milliseconds(10'000)));
+  ASSERT_TRUE(a.Outcome().ok()) << a.Outcome().status().ToString();
+  EXPECT_EQ(ServerSaw(), (std::vector<std::string>{"A"}));  // B never sent
+  EXPECT_TRUE(HasMetric("parley_llm_in_flight 0")) << Metrics();
+}
+
+TEST_F(LlmQueueTest, QueuedCallsFailFastWithoutRequestsOnceTheBreakerOpened) {
+  LlmOptions o = Options();
+  o.max_concurrent = 1;
+  o.max_retries = 0;
+  o.breaker_failures = 1;
+  o.breaker_cooldown_ms = 60'000;
+  auto client = Client(o);
+  LlmReply failing = HttpError(500);
+  failing.delay_ms = 500;  // the others queue up behind it while the endpoint still looks fine
+  server_.Push(failing);
+  Launched a = Launch(*client, "A");
+  std::vector<Launched> queued;
+  for (int i = 0; i < 4; ++i) queued.push_back(Launch(*client, "Q" + std::to_string(i)));
+  EXPECT_TRUE(HasMetric("parley_llm_queued 4")) << Metrics();
+  ASSERT_TRUE(WaitFor([&] { return a.Done() && AllDone(queued); }, milliseconds(10'000)));
+  EXPECT_EQ(a.Outcome().status().code(), Status::Code::kUnavailable);
+  EXPECT_NE(a.Outcome().status().message(), "circuit open");
+  for (const auto& q : queued) {
+    EXPECT_EQ(q.Outcome().status().code(), Status::Code::kUnavailable);
+    EXPECT_EQ(q.Outcome().status().message(), "circuit open");
+  }
+  EXPECT_EQ(server_.RequestCount(), 1u);
+  EXPECT_TRUE(HasMetric("parley_llm_requests_total{result=\"circuit_open\"} 4")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_breaker_open 1")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_in_flight 0")) << Metrics();
+  EXPECT_TRUE(HasMetric("parley_llm_queued 0")) << Metrics();
+
+  // A call made while the circuit is open is still refused at once, without queueing.
+  CallOutcome late = Run(*client, UserRequest("late"));
+  EXPECT_EQ(late.result.status().message(), "circuit open");
+  EXPECT_EQ(server_.RequestCount(), 1u);
+}
+
 }  // namespace
 }  // namespace parley::llm
