@@ -23,6 +23,17 @@ bool IsHttpUrl(const std::string& url) {
          (url.rfind("https://", 0) == 0 && url.size() > 8);
 }
 
+// A display name ("user_name") is shown to agents and written into tickets: short, one line.
+constexpr size_t kMaxUserNameBytes = 200;
+
+bool IsDisplayName(const std::string& name) {
+  if (name.size() > kMaxUserNameBytes) return false;
+  for (unsigned char c : name) {
+    if (c < 0x20 || c == 0x7f) return false;
+  }
+  return true;
+}
+
 // Reads an optional string field; false when present with another type.
 bool OptionalString(const json& body, const char* key, std::string& out) {
   auto it = body.find(key);
@@ -225,6 +236,10 @@ void WebhookAdapter::HandleMessage(const net::HttpRequest& request, net::Respond
     }
   }
   if (!OptionalString(body, "thread", m.thread)) problems += "; thread must be a string";
+  if (!OptionalString(body, "user_name", m.user_name) || !IsDisplayName(m.user_name)) {
+    problems += "; user_name must be a string of at most " + std::to_string(kMaxUserNameBytes) +
+                " bytes without control characters";
+  }
   if (!OptionalString(body, "reply_url", reply_url)) problems += "; reply_url must be a string";
   if (!OptionalString(body, "id", id)) problems += "; id must be a string";
   if (!reply_url.empty() && !IsHttpUrl(reply_url)) {

@@ -1,7 +1,8 @@
 #pragma once
 // The generic signed HTTP webhook adapter.
 //
-// Inbound: POST /v1/messages {"conversation","user","text","thread"?,"reply_url"?,"id"?}
+// Inbound: POST /v1/messages {"conversation","user","text","thread"?,"user_name"?,"reply_url"?,
+//   "id"?} ("user_name": the display name agents see; at most 200 bytes, no control characters)
 //   signed with X-Parley-Timestamp and X-Parley-Signature: v1=<hex HMAC-SHA256(secret,
 //   timestamp + "." + raw body)>. Without reply_url the answer is the response (200); with it the
 //   response is 202 {"id"} and the answer is POSTed to reply_url, signed the same way, retried with

@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "app/ticket_summary.h"
 #include "tools/builtin.h"
 #include "tools/http_tool.h"
 
@@ -80,6 +81,7 @@ escalation::DeskOptions DeskOptionsFrom(const config::EscalationConfig& c) {
   o.negative_feedback = c.negative_feedback;
   o.utc_offset_minutes = c.utc_offset_minutes;
   o.summary_turns = c.summary_turns;
+  o.retention_days = c.retention_days;
   o.sla_renotify_minutes = c.sla_renotify_minutes;
   o.waiting_notice_minutes = c.waiting_notice_minutes;
   for (const config::EscalationQueueConfig& q : c.queues) {
@@ -114,14 +116,14 @@ void DeskBridge::AfterTurn(const InboundMessage& message, engine::TurnOutput& ou
 }
 
 void DeskBridge::OnDelivered(const DeliveryReceipt& receipt) {
-  escalation::Desk* desk = &desk_;
-  boost::asio::post(work_, [desk, receipt] {
-    Status s = desk->OnDelivered(receipt);
-    if (!s.ok()) {
-      spdlog::warn("escalation.receipt_failed message={} error=\"{}\"", receipt.message_id,
-                   s.ToString());
-    }
-  });
+  // Stored before returning: the adapter forgets the message (its outbox entry) only after this,
+  // so a crash cannot lose the thread of a card the platform already shows. Receipts of other
+  // messages return at once; a card's costs one synced write on the adapter's thread.
+  Status s = desk_.OnDelivered(receipt);
+  if (!s.ok()) {
+    spdlog::warn("escalation.receipt_failed message={} error=\"{}\"", receipt.message_id,
+                 s.ToString());
+  }
 }
 
 Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
@@ -156,7 +158,7 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   if (!desk.ok()) return desk.status();
   rt->desk = std::move(desk.value());
   if (rt->desk->active()) {
-    rt->desk_bridge = std::make_unique<DeskBridge>(*rt->desk, rt->work);
+    rt->desk_bridge = std::make_unique<DeskBridge>(*rt->desk);
     rt->router->SetHooks(rt->desk_bridge.get());
     escalation::Desk* desk_ptr = rt->desk.get();
     rt->control->SetFeedbackHandler([desk_ptr](const ConversationKey& conversation,
@@ -237,6 +239,9 @@ Status Runtime::EnableLlm() {
   deps.llm = config.llm;
   deps.tools = config.tools;
   engine->EnableLlm(std::move(deps));
+  if (config.escalation.llm_summary && desk != nullptr && desk->active()) {
+    desk->SetSummarizer(MakeLlmSummarizer(llm_client, work));
+  }
   return Status::Ok();
 }
 

@@ -81,15 +81,15 @@ escalation::DeskOptions DeskOptionsFrom(const config::EscalationConfig& config);
 // delivery receipts. Thread-safety: as the Desk (thread-safe).
 class DeskBridge final : public engine::TurnHooks, public DeliveryListener {
  public:
-  // Receipts are recorded on `work` (a synced write), never on the adapter's io thread.
-  DeskBridge(escalation::Desk& desk, boost::asio::thread_pool& work) : desk_(desk), work_(work) {}
+  // A card's receipt is recorded (a synced write) before OnDelivered returns; see
+  // DeliveryListener.
+  explicit DeskBridge(escalation::Desk& desk) : desk_(desk) {}
   bool BeforeTurn(const InboundMessage& message) override;
   void AfterTurn(const InboundMessage& message, engine::TurnOutput& out) override;
   void OnDelivered(const DeliveryReceipt& receipt) override;
 
  private:
   escalation::Desk& desk_;
-  boost::asio::thread_pool& work_;
 };
 
 // Everything a turn needs, opened from the configuration. Members are public: this is wiring.

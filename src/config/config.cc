@@ -1018,6 +1018,8 @@ class Parser {
           {"negative_feedback", BoolField(&e.negative_feedback)},
           {"utc_offset_minutes", IntField(&e.utc_offset_minutes, -720, 840)},
           {"summary_turns", IntField(&e.summary_turns, 1, 50)},
+          {"llm_summary", BoolField(&e.llm_summary)},
+          {"retention_days", IntField(&e.retention_days, 0, 36'500)},
           {"sla_renotify_minutes", IntField(&e.sla_renotify_minutes, 0, 10'080)},
           {"waiting_notice_minutes", IntField(&e.waiting_notice_minutes, 0, 1'440)},
           {"queues", [this](const toml::node& n, const std::string& key,

@@ -171,6 +171,10 @@ struct EscalationConfig {
   bool negative_feedback = true;
   int utc_offset_minutes = 0;  // business hours are in this offset from UTC
   int summary_turns = 6;
+  // With [llm] enabled, the model writes each ticket's summary (posted in the card's thread once
+  // it arrives); otherwise, or when it fails, the summary is the user's messages condensed.
+  bool llm_summary = true;
+  int retention_days = 90;  // closed tickets are deleted this long after closing; 0 = keep
   int sla_renotify_minutes = 15;
   int waiting_notice_minutes = 5;
   std::vector<EscalationQueueConfig> queues;

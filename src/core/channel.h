@@ -67,7 +67,10 @@ struct DeliveryReceipt {
   std::string platform_message_id;  // the platform's id of the posted message
 };
 
-// Receives delivery receipts. Thread-safety: called from any thread; must not block for long.
+// Receives delivery receipts. Adapters report a message before they forget it (remove its
+// outbox entry), so a listener that stores the receipt before returning keeps it across a crash.
+// Thread-safety: called from any thread (also from inside ReplySink::Send); must not block for
+// long: at most a store write for the messages it cares about.
 class DeliveryListener {
  public:
   virtual ~DeliveryListener() = default;

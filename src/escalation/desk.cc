@@ -33,6 +33,7 @@ constexpr int64_t kSeenTtlMs = 7LL * 24 * 3600 * 1000;
 constexpr int64_t kSweepEveryMs = 3600 * 1000;
 constexpr size_t kMaxMatchChars = 4000;
 constexpr size_t kMaxEntryChars = 4000;
+constexpr size_t kMaxSummaryChars = 1500;  // a model's summary beyond this is clipped
 constexpr size_t kRecentTurns = 20;
 constexpr size_t kRecentChars = 16000;
 
@@ -107,6 +108,12 @@ std::string Clip(const std::string& s, size_t n) {
   size_t cut = n;
   while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // UTF-8 boundary
   return s.substr(0, cut) + "…";
+}
+
+std::string Trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
 std::string Quote(const std::string& s) {
@@ -190,9 +197,15 @@ Desk::Desk(DeskOptions options, store::KvStore& kv, ReplySink& sink, const Clock
       sink_(sink),
       clock_(clock),
       metrics_(metrics),
-      memory_(memory) {}
+      memory_(memory),
+      life_(std::make_shared<Life>()) {
+  life_->desk = this;
+}
 
-Desk::~Desk() = default;
+Desk::~Desk() {
+  std::lock_guard<std::mutex> lock(life_->mu);
+  life_->desk = nullptr;
+}
 
 Result<std::unique_ptr<Desk>> Desk::Open(DeskOptions options, store::KvStore& kv, ReplySink& sink,
                                          const Clock& clock, MetricsRegistry& metrics,
@@ -607,7 +620,8 @@ Ticket Desk::NewTicket(Txn& txn, const ConversationKey& conversation, const std:
   if (q.options.sla_minutes > 0) {
     t.sla_due_ms = SlaDue(q, now, MinutesMs(q.options.sla_minutes));
   }
-  t.summary = summarizer_ ? summarizer_(t) : DefaultSummary(t);
+  t.summary = DefaultSummary(t);
+  t.summary_source = summarizer_ ? "pending" : "turns";
   const std::string card_id = MsgId(t.id, source, "card");
   txn.out.push_back(ToMainLine(q, CardText(t, "New escalation #" + t.id), card_id));
   txn.out.back().actions = CardActions(t.id);
@@ -644,6 +658,7 @@ Status Desk::Commit(std::unique_lock<std::mutex>& lock, Txn& txn, DeskResult& re
     }
   }
   if (txn.next_id > 0) last_id_ = std::max(last_id_, txn.next_id);
+  const std::vector<Ticket> ask = SummariesToAsk(txn.tickets);
   for (Ticket& t : txn.tickets) {
     const std::string conv = t.conversation.Encode();
     if (IsOpen(t.state)) {
@@ -682,19 +697,80 @@ Status Desk::Commit(std::unique_lock<std::mutex>& lock, Txn& txn, DeskResult& re
   }
   UpdateGauges();
   result.sent = txn.out;
-  // Hand the messages over in commit order, without holding the state mutex.
-  std::unique_lock<std::mutex> send_lock(send_mu_);
-  lock.unlock();
-  for (OutboundMessage& m : txn.out) {
-    std::string id = m.id;
-    std::string where = m.conversation.Display();
-    sink_.Send(std::move(m), [id, where](Status s) {
-      if (!s.ok()) {
-        spdlog::warn("esc.send.failed id={} to={} error=\"{}\"", id, where, s.ToString());
-      }
+  if (txn.out.empty()) {
+    // Nothing to send (e.g. a receipt, which may come from inside Send: no send_mu_ then).
+    lock.unlock();
+    AskSummaries(ask);
+    return Status::Ok();
+  }
+  {
+    // Hand the messages over in commit order, without holding the state mutex.
+    std::unique_lock<std::mutex> send_lock(send_mu_);
+    lock.unlock();
+    for (OutboundMessage& m : txn.out) {
+      std::string id = m.id;
+      std::string where = m.conversation.Display();
+      sink_.Send(std::move(m), [id, where](Status s) {
+        if (!s.ok()) {
+          spdlog::warn("esc.send.failed id={} to={} error=\"{}\"", id, where, s.ToString());
+        }
+      });
+    }
+  }
+  AskSummaries(ask);
+  return Status::Ok();
+}
+
+std::vector<Ticket> Desk::SummariesToAsk(const std::vector<Ticket>& tickets) {
+  std::vector<Ticket> ask;
+  if (!summarizer_) return ask;
+  for (const Ticket& t : tickets) {
+    if (IsOpen(t.state) && t.summary_source == "pending" && summarizing_.insert(t.id).second) {
+      ask.push_back(t);
+    }
+  }
+  return ask;
+}
+
+void Desk::AskSummaries(const std::vector<Ticket>& tickets) {
+  for (const Ticket& t : tickets) {
+    std::weak_ptr<Life> life = life_;
+    summarizer_(t, [life, id = t.id](Result<std::string> summary) {
+      std::shared_ptr<Life> alive = life.lock();
+      if (!alive) return;
+      std::lock_guard<std::mutex> guard(alive->mu);
+      if (alive->desk != nullptr) alive->desk->OnSummary(id, std::move(summary));
     });
   }
-  return Status::Ok();
+}
+
+void Desk::OnSummary(const std::string& id, Result<std::string> summary) {
+  std::unique_lock<std::mutex> lock(mu_);
+  summarizing_.erase(id);
+  auto it = open_.find(id);
+  // Closed meanwhile, or already settled (a late second answer): nothing to do.
+  if (it == open_.end() || it->second.summary_source != "pending") return;
+  const Ticket before = it->second;
+  Ticket t = before;
+  Txn txn;
+  std::string text = summary.ok() ? Clip(Trim(*summary), kMaxSummaryChars) : std::string();
+  if (!text.empty()) {
+    t.summary = text;
+    t.summary_source = "model";
+    txn.out.push_back(ToThread(t, "*Summary:* " + text, MsgId(id, "summary", "s")));
+  } else {
+    t.summary_source = "turns";
+    spdlog::warn("esc.summary.failed id={} error=\"{}\"", id,
+                 summary.ok() ? "empty summary" : summary.status().ToString());
+  }
+  metrics_
+      .GetCounter("parley_escalation_summaries_total",
+                  "Ticket summaries asked of the model, by result",
+                  text.empty() ? "result=\"failed\"" : "result=\"ok\"")
+      .Add();
+  Stage(txn, &before, t);
+  DeskResult ignored;
+  (void)Commit(lock, txn, ignored);
 }
 
 void Desk::UpdateGauges() const {
@@ -1283,11 +1359,23 @@ DeskResult Desk::Tick() {
   if (now - last_sweep_ms_ >= kSweepEveryMs) {
     last_sweep_ms_ = now;
     Status swept = SweepSeen(now);
+    if (swept.ok()) swept = SweepClosed(now);
     if (!swept.ok()) spdlog::warn("esc.sweep.failed error=\"{}\"", swept.ToString());
   }
-  if (txn.batch.empty()) return result;
+  // Summaries still pending after a restart (or whose answer was lost) are asked for again.
+  std::vector<Ticket> pending;
+  for (const auto& [id, t] : open_) {
+    if (t.summary_source == "pending") pending.push_back(t);
+  }
+  const std::vector<Ticket> ask = SummariesToAsk(pending);
+  if (txn.batch.empty()) {
+    lock.unlock();
+    AskSummaries(ask);
+    return result;
+  }
   result.outcome = "noticed";
   (void)Commit(lock, txn, result);
+  AskSummaries(ask);
   return result;
 }
 
@@ -1301,6 +1389,32 @@ Status Desk::SweepSeen(int64_t now) {
   });
   if (!scan.ok()) return scan;
   if (batch.empty()) return Status::Ok();
+  return kv_.Write(batch, false);
+}
+
+Status Desk::SweepClosed(int64_t now) {
+  if (options_.retention_days <= 0) return Status::Ok();
+  const int64_t cutoff = now - int64_t{options_.retention_days} * 24 * 3600 * 1000;
+  store::WriteBatch batch;
+  std::set<std::string> gone;
+  Status scan = kv_.Scan(store::keys::kEscTicket, [&](std::string_view key, std::string_view value) {
+    Result<Ticket> t = TicketFromJson(value);
+    if (t.ok() && !IsOpen(t->state) && t->closed_ms > 0 && t->closed_ms < cutoff) {
+      batch.Delete(std::string(key));
+      gone.insert(t->id);
+    }
+    return true;
+  });
+  if (!scan.ok()) return scan;
+  if (gone.empty()) return Status::Ok();
+  // The card threads that led to them.
+  scan = kv_.Scan(store::keys::kEscThread, [&](std::string_view key, std::string_view value) {
+    if (gone.count(std::string(value)) > 0) batch.Delete(std::string(key));
+    return true;
+  });
+  if (!scan.ok()) return scan;
+  spdlog::info("esc.sweep.closed deleted={} older_than_days={}", gone.size(),
+               options_.retention_days);
   return kv_.Write(batch, false);
 }
 

@@ -17,6 +17,10 @@
 // OutboundMessage::actions Claim / Resolve / Return whose values are the commands with the ticket
 // id ("claim 17"): adapters with buttons render them, and a click is an agent's message. The SLA
 // notice with the on-call mention sets OutboundMessage::keep_mentions (the mention notifies).
+// With a Summarizer set (the LLM), a new ticket's card carries the condensed summary and the
+// ticket's summary_source is "pending"; the model's summary, when it comes, replaces it, is
+// posted in the card's thread ("Summary: ...") and summary_source becomes "model". A failure
+// leaves the condensed one ("turns"). A summary still pending at a restart is asked for again.
 // Elsewhere: desk.Tick() every few seconds (SLA timers); desk.OnDelivered(receipt) when an
 // adapter reports the platform id of a message it posted (Slack ts, Matrix event id) so that
 // replies in the card's thread are recognised; desk.OnNegativeFeedback(...) from feedback
@@ -44,6 +48,7 @@
 #include <memory>
 #include <mutex>
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -99,9 +104,13 @@ struct TicketFilter {
 
 class Desk {
  public:
-  // Builds the summary shown on a card from the ticket (transcript filled). Called under the
-  // desk's mutex; must be quick and must not call back into the desk.
-  using Summarizer = std::function<std::string(const Ticket&)>;
+  // Reports a summary written for a ticket, or why there is none. Any thread, once.
+  using SummaryCallback = std::function<void(Result<std::string>)>;
+  // Asks for a summary of the ticket (transcript filled) and calls done with it, later or at
+  // once. Called without the desk's locks held, from the thread of the desk call that opened or
+  // found the ticket; must not block. `done` may call into the desk (it takes the desk's mutex
+  // and writes to the store); it is safe to call after the Desk is gone (then it does nothing).
+  using Summarizer = std::function<void(const Ticket& ticket, SummaryCallback done)>;
 
   // Validates options and loads every open ticket. `memory` (nullable) supplies the recent turns
   // of a conversation when a ticket is opened. InvalidArgument for bad options; the store's error
@@ -116,7 +125,8 @@ class Desk {
   Desk& operator=(const Desk&) = delete;
 
   bool active() const { return active_; }
-  // Replaces the default summary (the recent turns condensed). Call before the first event.
+  // Sets who writes tickets' summaries (the model); without one the summary is the user's
+  // messages condensed. Call before the first event.
   void SetSummarizer(Summarizer summarizer);
 
   // Before the engine: replays, agents' commands and relays, messages of escalated
@@ -135,7 +145,8 @@ class Desk {
   // the card is re-announced in the agents' channel; stage 2 (another SLA period later):
   // priority raised by one and the on-call mention posted; then a re-announcement every
   // sla_renotify_minutes (0: none). Each stage also updates the waiting user. Call every few
-  // seconds; a missed period is caught up with one notice, not several.
+  // seconds; a missed period is caught up with one notice, not several. Once an hour it also
+  // deletes closed tickets older than retention_days.
   DeskResult Tick();
 
   // Tickets (open and closed), newest first.
@@ -211,8 +222,16 @@ class Desk {
   int64_t SlaDue(const Queue& queue, int64_t from_ms, int64_t duration_ms) const;
 
   // Writes txn (synced), applies it to memory and metrics, then sends its messages after
-  // releasing `lock` (which holds mu_). Returns the store's status.
+  // releasing `lock` (which holds mu_), and asks for the summaries its tickets await. Returns the
+  // store's status. `lock` is released on return.
   Status Commit(std::unique_lock<std::mutex>& lock, Txn& txn, DeskResult& result);
+  // Of `tickets`, those whose summary is pending and not asked for yet; marks them asked.
+  // Callers hold mu_.
+  std::vector<Ticket> SummariesToAsk(const std::vector<Ticket>& tickets);
+  // Hands the tickets to the summarizer. Callers hold no desk lock.
+  void AskSummaries(const std::vector<Ticket>& tickets);
+  // The summarizer's answer for ticket `id`.
+  void OnSummary(const std::string& id, Result<std::string> summary);
 
   // Event handlers (callers hold mu_; they commit through `lock`).
   DeskResult HandleAgentMessage(std::unique_lock<std::mutex>& lock, const InboundMessage& m);
@@ -225,6 +244,8 @@ class Desk {
                     const std::string& ticket_id, const std::string& text);
   void UpdateGauges() const;
   Status SweepSeen(int64_t now);
+  // Deletes closed tickets older than options_.retention_days and their thread mappings.
+  Status SweepClosed(int64_t now);
 
   const DeskOptions options_;
   store::KvStore& kv_;
@@ -239,10 +260,19 @@ class Desk {
   mutable std::mutex mu_;  // guards everything below
   std::mutex send_mu_;     // keeps sends in commit order; taken before mu_ is released
   Summarizer summarizer_;
+  std::set<std::string> summarizing_;                // ticket ids whose summary was asked for
   std::map<std::string, Ticket> open_;               // open tickets by id
   std::map<std::string, std::string> open_by_conv_;  // ConversationKey::Encode() -> id
   int64_t last_id_ = 0;
   int64_t last_sweep_ms_ = 0;
+
+  // Lets summary callbacks outlive the desk: they reach it through `desk` under `mu`, which the
+  // destructor clears.
+  struct Life {
+    std::mutex mu;
+    Desk* desk = nullptr;
+  };
+  std::shared_ptr<Life> life_;
 };
 
 }  // namespace parley::escalation

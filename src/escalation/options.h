@@ -62,6 +62,9 @@ struct DeskOptions {
       15;  // after the second breach notice: repeat at most this often; 0 = never
   // A waiting user who writes again gets "still waiting, number N" at most this often.
   int waiting_notice_minutes = 5;
+  // Closed tickets (with their transcripts) are deleted this many days after they closed;
+  // 0 = kept forever.
+  int retention_days = 90;
   // The first queue without routing rules (else the first queue) is the default queue.
   std::vector<QueueOptions> queues;
 };

@@ -37,7 +37,8 @@ bool Ticket::operator==(const Ticket& o) const {
          reason == o.reason && detail == o.detail && priority == o.priority && state == o.state &&
          created_ms == o.created_ms && queued_ms == o.queued_ms && claimed_ms == o.claimed_ms &&
          closed_ms == o.closed_ms && agent == o.agent && agent_name == o.agent_name &&
-         closed_by == o.closed_by && summary == o.summary && transcript == o.transcript &&
+         closed_by == o.closed_by && summary == o.summary &&
+         summary_source == o.summary_source && transcript == o.transcript &&
          card_message_id == o.card_message_id && card_thread == o.card_thread &&
          agents_seen == o.agents_seen && sla_due_ms == o.sla_due_ms && sla_stage == o.sla_stage &&
          last_notice_ms == o.last_notice_ms && confidence == o.confidence && sources == o.sources;
@@ -79,6 +80,7 @@ void to_json(nlohmann::json& j, const Ticket& t) {
       {"agent_name", t.agent_name},
       {"closed_by", t.closed_by},
       {"summary", t.summary},
+      {"summary_source", t.summary_source},
       {"transcript", t.transcript},
       {"card_message_id", t.card_message_id},
       {"card_thread", t.card_thread},
@@ -114,6 +116,7 @@ void from_json(const nlohmann::json& j, Ticket& t) {
   t.agent_name = j.value("agent_name", "");
   t.closed_by = j.value("closed_by", "");
   t.summary = j.value("summary", "");
+  t.summary_source = j.value("summary_source", "");
   t.transcript.clear();
   if (j.contains("transcript") && j["transcript"].is_array()) {
     t.transcript = j["transcript"].get<std::vector<TranscriptEntry>>();

@@ -56,6 +56,9 @@ struct Ticket {
   std::string agent_name;  // display name of the claiming agent
   std::string closed_by;   // who closed it (agent name, or the user on cancel)
   std::string summary;
+  // Who wrote the summary: "turns" (the user's messages condensed), "model" (the LLM), or
+  // "pending" (condensed so far; the model's is on its way).
+  std::string summary_source;
   std::vector<TranscriptEntry> transcript;
   std::string card_message_id;  // id of the latest card posted to the agents' channel
   std::string card_thread;      // platform thread id of that card once known (Slack ts, ...)

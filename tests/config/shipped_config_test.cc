@@ -167,6 +167,8 @@ const std::set<std::string> kAllKeys = {
     "escalation.negative_feedback",
     "escalation.utc_offset_minutes",
     "escalation.summary_turns",
+    "escalation.llm_summary",
+    "escalation.retention_days",
     "escalation.sla_renotify_minutes",
     "escalation.waiting_notice_minutes",
     "escalation.queues.name",
@@ -352,6 +354,8 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.escalation.negative_feedback, d.escalation.negative_feedback);
   EXPECT_EQ(c.escalation.utc_offset_minutes, d.escalation.utc_offset_minutes);
   EXPECT_EQ(c.escalation.summary_turns, d.escalation.summary_turns);
+  EXPECT_EQ(c.escalation.llm_summary, d.escalation.llm_summary);
+  EXPECT_EQ(c.escalation.retention_days, d.escalation.retention_days);
   EXPECT_EQ(c.escalation.sla_renotify_minutes, d.escalation.sla_renotify_minutes);
   EXPECT_EQ(c.escalation.waiting_notice_minutes, d.escalation.waiting_notice_minutes);
   ASSERT_EQ(c.escalation.queues.size(), 1u);  // the documented example

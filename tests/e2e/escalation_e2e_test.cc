@@ -133,9 +133,10 @@ class EscalationE2eTest : public ::testing::Test {
 
   // A synchronous message; the parsed response (null when the request failed).
   json Post(const std::string& conversation, const std::string& user, const std::string& text,
-            const std::string& thread = "") {
+            const std::string& thread = "", const std::string& user_name = "") {
     json message = {{"conversation", conversation}, {"user", user}, {"text", text}};
     if (!thread.empty()) message["thread"] = thread;
+    if (!user_name.empty()) message["user_name"] = user_name;
     auto r = daemon_->Post("/v1/messages", message.dump(), {{"Content-Type", "application/json"}},
                            kPostMs);
     EXPECT_TRUE(r.ok()) << "POST " << message.dump() << ": " << r.status().ToString();
@@ -402,6 +403,61 @@ TEST_F(EscalationE2eTest, ModelHandsOverWithTheEscalateTool) {
   EXPECT_TRUE(Has(llm.Requests()[0].dump(), "escalate_to_human"));
 }
 
+TEST_F(EscalationE2eTest, ModelWritesTheTicketSummaryForTheAgents) {
+  LlmServer llm;
+  const std::string summary = "Alice's order 42 arrived broken and she wants a replacement.";
+  llm.SetResponder([&](const json& request) {
+    LlmReply reply;
+    const std::string system = request["messages"][0].value("content", "");
+    if (!Has(system, "hand-over note")) {
+      reply.text = "I am sorry to hear that.";
+    } else if (Has(request.dump(), "charged twice")) {
+      reply.kind = LlmReply::Kind::kHttpError;  // 400: not retried
+      reply.status = 400;
+    } else {
+      reply.text = summary;
+    }
+    return reply;
+  });
+  ASSERT_TRUE(StartDaemon("30", "\n[llm]\nenabled = true\nbase_url = \"" + llm.base_url() +
+                                    "\"\napi_key = \"${E2E_LLM_KEY}\"\nmodel = \"test-model\"\n"
+                                    "max_retries = 0\n"));
+  User("My order 42 arrived broken.");
+  const auto [id, card] = Open();
+  ASSERT_FALSE(id.empty());
+  // The card goes out at once with the condensed summary; the model's follows in its thread.
+  EXPECT_TRUE(Has(card.text, "Summary: The user wrote")) << card.text;
+  std::optional<Delivery> posted = Await("agents", {"*Summary:* " + summary});
+  ASSERT_TRUE(posted.has_value()) << daemon_->Log();
+  // In the card's thread; or, when the summary beat the card's delivery receipt, on the main
+  // line naming the ticket.
+  EXPECT_TRUE(posted->thread == card.id || Has(posted->text, "[#" + id + "]")) << posted->body;
+  json ticket = Ticket(id);
+  EXPECT_EQ(Field(ticket, "summary"), summary) << ticket.dump();
+  EXPECT_EQ(Field(ticket, "summary_source"), "model") << ticket.dump();
+  // The model saw the conversation, asked without streaming.
+  json asked;
+  for (const json& r : llm.Requests()) {
+    if (Has(r.dump(), "hand-over note")) asked = r;
+  }
+  ASSERT_TRUE(asked.is_object());
+  EXPECT_FALSE(asked.value("stream", false)) << asked.dump();
+  EXPECT_TRUE(Has(asked.dump(), "My order 42 arrived broken.")) << asked.dump();
+  EXPECT_TRUE(Has(asked.dump(), "I am sorry to hear that.")) << asked.dump();
+
+  // The model failing leaves the condensed summary and says nothing more.
+  User("I was charged twice.", "u2", "erin");
+  const auto [id2, card2] = Open("u2", "erin");
+  ASSERT_FALSE(id2.empty());
+  EXPECT_TRUE(AwaitTicket(id2, [](const json& t) { return Field(t, "summary_source") == "turns"; }))
+      << Ticket(id2).dump();
+  EXPECT_TRUE(Has(Field(Ticket(id2), "summary"), "charged twice")) << Ticket(id2).dump();
+  for (const Delivery& d : To("agents")) {
+    EXPECT_FALSE(d.thread == card2.id && Has(d.text, "Summary")) << d.text;
+  }
+  ExpectNothingShownTwice();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Claim, relay, notes
 
@@ -446,6 +502,43 @@ TEST_F(EscalationE2eTest, ClaimThenRelayBothWays) {
   // From the channel's main line with the ticket number.
   Agent("reply " + id + " Anything else?");
   ASSERT_TRUE(Await("u1", {"**bob:** Anything else?"}).has_value()) << daemon_->Log();
+  ExpectNothingShownTwice();
+}
+
+TEST_F(EscalationE2eTest, DisplayNamesLabelTheUserAndTheAgent) {
+  ASSERT_TRUE(StartDaemon());
+  json ack = Post("u1", "U-7731", "Can I talk to a human, please?", "", "Alice Jones");
+  EXPECT_TRUE(Has(Text(ack), "number")) << ack.dump();
+  std::optional<Delivery> card = Await("agents", {"New escalation #", "User: Alice Jones"});
+  ASSERT_TRUE(card.has_value()) << daemon_->Log();
+  const std::string id = TicketIdIn(card->text);
+
+  json claimed = Post("agents", "bob", "claim", card->id, "Bob Smith");
+  EXPECT_TRUE(Has(Text(claimed), "Bob Smith claimed #" + id)) << claimed.dump();
+  ASSERT_TRUE(Await("u1", {"Bob Smith has joined the conversation."}).has_value())
+      << daemon_->Log();
+  Post("agents", "bob", "Hello Alice, how can I help?", card->id, "Bob Smith");
+  ASSERT_TRUE(Await("u1", {"**Bob Smith:** Hello Alice, how can I help?"}).has_value())
+      << daemon_->Log();
+  Post("u1", "U-7731", "My parcel is late.", "", "Alice Jones");
+  std::optional<Delivery> up = Await("agents", {"My parcel is late."});
+  ASSERT_TRUE(up.has_value()) << daemon_->Log();
+  EXPECT_EQ(up->text, "*Alice Jones:* My parcel is late.");
+  json ticket = Ticket(id);
+  EXPECT_EQ(Field(ticket, "user"), "U-7731") << ticket.dump();
+  EXPECT_EQ(Field(ticket, "user_name"), "Alice Jones") << ticket.dump();
+  EXPECT_EQ(Field(ticket, "agent"), "bob") << ticket.dump();  // the id; agent_users lists ids
+  EXPECT_EQ(Field(ticket, "agent_name"), "Bob Smith") << ticket.dump();
+
+  // A name that is not one short line is refused like any malformed field.
+  auto bad = daemon_->Post(
+      "/v1/messages",
+      json{{"conversation", "u1"}, {"user", "U-7731"}, {"text", "hi"}, {"user_name", "a\nb"}}
+          .dump(),
+      {{"Content-Type", "application/json"}}, kPostMs);
+  ASSERT_TRUE(bad.ok());
+  EXPECT_EQ(bad->status, 422) << bad->body;
+  EXPECT_NE(bad->body.find("user_name"), std::string::npos) << bad->body;
   ExpectNothingShownTwice();
 }
 

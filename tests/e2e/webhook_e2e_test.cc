@@ -167,6 +167,15 @@ TEST_F(WebhookE2eTest, BadInputGetsAClearErrorAndStoresNothing) {
                 .first,
             422);
   EXPECT_EQ(post("[1,2]").first, 422);
+  EXPECT_EQ(post(R"({"conversation":"c-bad","user":"u-bad","text":"hi","user_name":7})").first,
+            422);
+  auto [s4, b4] = post(json{{"conversation", "c-bad"},
+                            {"user", "u-bad"},
+                            {"text", "hi"},
+                            {"user_name", std::string(201, 'n')}}
+                           .dump());
+  EXPECT_EQ(s4, 422);
+  EXPECT_NE(b4["message"].get<std::string>().find("user_name"), std::string::npos);
   auto [s3, b3] = post(json{{"conversation", "c-bad"}, {"user", "u-bad"},
                             {"text", std::string(5000, 'a')}}
                            .dump());

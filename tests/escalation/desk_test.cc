@@ -846,6 +846,174 @@ TEST_F(DeskTest, RestartContinuesOpenTicketsAndTimers) {
   EXPECT_EQ(desk_->QueuePosition(c), 2);
 }
 
+// A summarizer that holds the requests until the test answers them (as the LLM would, later).
+class HeldSummaries {
+ public:
+  Desk::Summarizer Summarizer() {
+    return [this](const Ticket& t, Desk::SummaryCallback done) {
+      std::lock_guard<std::mutex> lock(mu_);
+      asked_.push_back(t);
+      done_.push_back(std::move(done));
+    };
+  }
+  std::vector<Ticket> asked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return asked_;
+  }
+  // Answers request i (in asking order).
+  void Answer(size_t i, Result<std::string> summary) {
+    Desk::SummaryCallback done;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done = done_.at(i);
+    }
+    done(std::move(summary));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Ticket> asked_;
+  std::vector<Desk::SummaryCallback> done_;
+};
+
+TEST_F(DeskTest, ModelSummaryReplacesTheCondensedOneAndIsPostedInTheCardThread) {
+  HeldSummaries held;
+  OpenDesk();
+  desk_->SetSummarizer(held.Summarizer());
+  DeskResult r = desk_->BeforeTurn(User("My parcel is lost. Can I talk to a human?", "ev1"));
+  ASSERT_EQ(r.outcome, "opened");
+  const std::string id = r.ticket_id;
+  // The card goes out at once with the condensed summary; the model is asked once.
+  std::vector<OutboundMessage> cards = To(sink_.Take(), "webhook", "agents");
+  ASSERT_EQ(cards.size(), 1u);
+  EXPECT_TRUE(Contains(cards[0].text, "Summary: The user wrote 1 message")) << cards[0].text;
+  ASSERT_EQ(held.asked().size(), 1u);
+  EXPECT_EQ(held.asked()[0].id, id);
+  EXPECT_EQ(held.asked()[0].transcript.back().text, "My parcel is lost. Can I talk to a human?");
+  EXPECT_EQ(Get(id).summary_source, "pending");
+  ASSERT_TRUE(desk_->OnDelivered({cards[0].id, {"webhook", "agents", ""}, cards[0].id}).ok());
+  // Nothing else asks again while the answer is on its way.
+  desk_->BeforeTurn(User("hello?", "ev2"));
+  desk_->Tick();
+  EXPECT_EQ(held.asked().size(), 1u);
+  sink_.Take();
+
+  held.Answer(0, std::string("  Alice's parcel (order 42) is lost; she wants it found.\n"));
+  Ticket t = Get(id);
+  EXPECT_EQ(t.summary, "Alice's parcel (order 42) is lost; she wants it found.");
+  EXPECT_EQ(t.summary_source, "model");
+  std::vector<OutboundMessage> sent = To(sink_.Take(), "webhook", "agents");
+  ASSERT_EQ(sent.size(), 1u);
+  // The webhook has no platform threads: the card's own message id is its thread.
+  EXPECT_EQ(sent[0].conversation.thread, cards[0].id);
+  EXPECT_EQ(sent[0].text, "*Summary:* Alice's parcel (order 42) is lost; she wants it found.");
+  // A re-announced card carries it.
+  clock_.Advance(31 * kMin);
+  std::vector<OutboundMessage> again = To(desk_->Tick().sent, "webhook", "agents");
+  ASSERT_FALSE(again.empty());
+  EXPECT_TRUE(Contains(again[0].text, "Summary: Alice's parcel (order 42) is lost")) << again[0].text;
+  EXPECT_EQ(held.asked().size(), 1u);
+}
+
+TEST_F(DeskTest, FailedModelSummaryKeepsTheCondensedOneAndSaysNothing) {
+  HeldSummaries held;
+  OpenDesk();
+  desk_->SetSummarizer(held.Summarizer());
+  const std::string a = OpenGeneral("u1", "e1");
+  const std::string b = OpenGeneral("u2", "e2");
+  ASSERT_EQ(held.asked().size(), 2u);
+  const std::string condensed = Get(a).summary;
+  held.Answer(0, Status::Unavailable("circuit open"));
+  held.Answer(1, std::string(" \n "));  // an empty answer is a failure too
+  EXPECT_EQ(Get(a).summary, condensed);
+  EXPECT_EQ(Get(a).summary_source, "turns");
+  EXPECT_EQ(Get(b).summary_source, "turns");
+  EXPECT_TRUE(sink_.Take().empty());
+  desk_->Tick();  // not asked again
+  EXPECT_EQ(held.asked().size(), 2u);
+
+  // An answer for a ticket closed meanwhile changes nothing.
+  const std::string c = OpenGeneral("u3", "e3");
+  desk_->BeforeTurn(Agent("resolve " + c, "a1"));
+  sink_.Take();
+  held.Answer(2, std::string("late"));
+  EXPECT_NE(Get(c).summary, "late");
+  EXPECT_TRUE(sink_.Take().empty());
+}
+
+TEST_F(DeskTest, PendingSummaryIsAskedAgainAfterARestartAndALateAnswerIsHarmless) {
+  HeldSummaries before_crash;
+  OpenDesk();
+  desk_->SetSummarizer(before_crash.Summarizer());
+  const std::string id = OpenGeneral();
+  const std::string closed = OpenGeneral("u2", "e2");
+  desk_->BeforeTurn(Agent("resolve " + closed, "a1"));
+  sink_.Take();
+  desk_.reset();  // the crash: the model's answer never arrived
+
+  HeldSummaries after;
+  OpenDesk();
+  desk_->SetSummarizer(after.Summarizer());
+  EXPECT_EQ(Get(id).summary_source, "pending");
+  desk_->Tick();
+  desk_->Tick();
+  ASSERT_EQ(after.asked().size(), 1u);  // once, and not for the resolved ticket
+  EXPECT_EQ(after.asked()[0].id, id);
+  // The answer to the request of the desk that is gone does nothing.
+  before_crash.Answer(0, std::string("stale"));
+  EXPECT_EQ(Get(id).summary_source, "pending");
+  after.Answer(0, std::string("Wants a person about a lost parcel."));
+  EXPECT_EQ(Get(id).summary, "Wants a person about a lost parcel.");
+  EXPECT_EQ(To(sink_.Take(), "webhook", "agents").size(), 1u);
+}
+
+TEST_F(DeskTest, WithoutASummarizerTheSummaryIsTheCondensedTurns) {
+  OpenDesk();
+  const std::string id = OpenGeneral();
+  EXPECT_EQ(Get(id).summary_source, "turns");
+  EXPECT_TRUE(Contains(Get(id).summary, "I want to talk to a human")) << Get(id).summary;
+}
+
+TEST_F(DeskTest, ClosedTicketsAreDeletedAfterTheRetentionPeriod) {
+  options_.retention_days = 2;
+  OpenDesk();
+  const std::string old_closed = OpenGeneral("u1", "e1");
+  const std::string young_closed = OpenGeneral("u2", "e2");
+  const std::string still_open = OpenGeneral("u3", "e3");
+  desk_->BeforeTurn(Agent("resolve " + old_closed, "a1"));
+  desk_->Tick();  // sweeps: nothing is old enough
+  EXPECT_TRUE(desk_->Get(old_closed).ok());
+  clock_.Advance(kDay + kHour);
+  desk_->BeforeTurn(Agent("resolve " + young_closed, "a2"));
+  clock_.Advance(kDay + kHour);  // old_closed closed 2 days 2 hours ago, young_closed 1 day ago
+  desk_->Tick();
+  EXPECT_TRUE(desk_->Get(old_closed).status().IsNotFound());
+  EXPECT_TRUE(desk_->Get(young_closed).ok());
+  EXPECT_TRUE(desk_->Get(still_open).ok());  // open tickets are never swept
+  // Its card thread is forgotten too; the others' stay.
+  std::set<std::string> mapped;
+  ASSERT_TRUE(kv_->Scan(store::keys::kEscThread, [&](std::string_view, std::string_view v) {
+                   mapped.insert(std::string(v));
+                   return true;
+                 }).ok());
+  EXPECT_EQ(mapped.count(old_closed), 0u);
+  EXPECT_EQ(mapped.count(young_closed), 1u);
+  EXPECT_EQ(mapped.count(still_open), 1u);
+  Result<std::vector<Ticket>> all = desk_->List({});
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 2u);
+}
+
+TEST_F(DeskTest, RetentionZeroKeepsClosedTickets) {
+  options_.retention_days = 0;
+  OpenDesk();
+  const std::string id = OpenGeneral();
+  desk_->BeforeTurn(Agent("resolve " + id, "a1"));
+  clock_.Advance(400 * kDay);
+  desk_->Tick();
+  EXPECT_TRUE(desk_->Get(id).ok());
+}
+
 TEST_F(DeskTest, ReplayOfAnAppliedEventChangesNothingAndSendsNothing) {
   OpenDesk();
   InboundMessage open = User("talk to a human", "ev1");

@@ -58,20 +58,38 @@ class FakeControl final : public ConversationControl {
   }
 };
 
+// Records receipts and whether the message was still in the outbox when it was reported (the
+// adapter must report before it forgets the message, so a listener's stored receipt survives a
+// crash).
 class RecordingListener final : public DeliveryListener {
  public:
   void OnDelivered(const DeliveryReceipt& receipt) override {
+    bool queued = false;
+    if (kv != nullptr) {
+      auto entries = store::Outbox(*kv).Load("matrix");
+      for (const store::OutboxEntry& e :
+           entries.ok() ? *entries : std::vector<store::OutboxEntry>{}) {
+        queued = queued || e.id == receipt.message_id;
+      }
+    }
     std::lock_guard<std::mutex> lock(mu_);
     receipts_.push_back(receipt);
+    in_outbox_.push_back(queued);
   }
   std::vector<DeliveryReceipt> receipts() {
     std::lock_guard<std::mutex> lock(mu_);
     return receipts_;
   }
+  std::vector<bool> in_outbox() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return in_outbox_;
+  }
+  store::KvStore* kv = nullptr;  // set before the adapter starts
 
  private:
   std::mutex mu_;
   std::vector<DeliveryReceipt> receipts_;
+  std::vector<bool> in_outbox_;
 };
 
 class MatrixAdapterTest : public ::testing::Test {
@@ -111,6 +129,7 @@ class MatrixAdapterTest : public ::testing::Test {
                                           std::lock_guard<std::mutex> lock(mu_);
                                           fatal_.push_back(why);
                                         });
+    listener_.kv = kv_.get();
     adapter_->SetDeliveryListener(&listener_);
     ASSERT_TRUE(adapter_->ResumeOutbox().ok());
     ASSERT_TRUE(adapter_->Start(sink_).ok());
@@ -338,6 +357,7 @@ TEST_F(MatrixAdapterTest, RepliesGoInTheThreadWithFallbackTypingAndReceipts) {
   ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.receipts().empty(); }));
   EXPECT_EQ(listener_.receipts()[0].platform_message_id, posted.event_id);
   EXPECT_EQ(listener_.receipts()[0].message_id, "reply-1");
+  EXPECT_TRUE(listener_.in_outbox()[0]);  // reported before the outbox entry was removed
   ASSERT_TRUE(server_->WaitFor([&] {
     auto calls = server_->TypingCalls();
     return !calls.empty() && calls.back().value("typing", true) == false;
@@ -652,9 +672,9 @@ TEST_F(MatrixAdapterTest, PartialAnswerLeftByACrashIsFinishedByTheAnswerOfTheRep
   ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.receipts().empty(); }));
   EXPECT_EQ(listener_.receipts().back().platform_message_id, posted);
   // Done with: once its record is gone, the next answer to the same question posts normally.
-  ASSERT_TRUE(parley::testing::WaitFor(
-      [&] { return !kv_->Get(store::keys::MatrixPartial(room, q)).ok(); },
-      std::chrono::milliseconds(kWaitMs)));
+  ASSERT_TRUE(
+      parley::testing::WaitFor([&] { return !kv_->Get(store::keys::MatrixPartial(room, q)).ok(); },
+                               std::chrono::milliseconds(kWaitMs)));
   ASSERT_TRUE(SendReply(ReplyTo(Inbound(q), "another", "Another answer.")).ok());
   ASSERT_TRUE(server_->WaitFor([&] { return BotMessages(room).size() >= 3; }));
   const auto after = BotMessages(room);

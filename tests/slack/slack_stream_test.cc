@@ -498,21 +498,38 @@ TEST_F(SlackStreamTest, ReplayAfterCrashEditsThePlaceholderInsteadOfPostingAgain
   EXPECT_EQ(server_.Conversation(kChannel).size(), 1u);
 }
 
-// Collects delivery receipts.
+// Collects delivery receipts and, with kv set, whether the message was still in the outbox when
+// it was reported (the adapter must report before it forgets the message, so a receipt the
+// listener stores survives a crash).
 class Receipts final : public DeliveryListener {
  public:
   void OnDelivered(const DeliveryReceipt& receipt) override {
+    bool queued = false;
+    if (kv != nullptr) {
+      auto entries = store::Outbox(*kv).Load(kPlatform);
+      for (const store::OutboxEntry& e :
+           entries.ok() ? *entries : std::vector<store::OutboxEntry>{}) {
+        queued = queued || e.id == receipt.message_id;
+      }
+    }
     std::lock_guard<std::mutex> lock(mu_);
     all_.push_back(receipt);
+    in_outbox_.push_back(queued);
   }
   std::vector<DeliveryReceipt> all() const {
     std::lock_guard<std::mutex> lock(mu_);
     return all_;
   }
+  std::vector<bool> in_outbox() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return in_outbox_;
+  }
+  store::KvStore* kv = nullptr;
 
  private:
   mutable std::mutex mu_;
   std::vector<DeliveryReceipt> all_;
+  std::vector<bool> in_outbox_;
 };
 
 TEST_F(SlackStreamTest, DeliveryReceiptsNameTheMessagesTs) {
@@ -553,15 +570,17 @@ TEST_F(SlackStreamTest, DeliveryReceiptsNameTheMessagesTs) {
   store::WriteBatch batch;
   store::Outbox(*kv_).Put(batch, entry);
   ASSERT_TRUE(kv_->Write(batch, true).ok());
+  receipts.kv = kv_.get();
   adapter_ = MakeAdapter();
   adapter_->SetDeliveryListener(&receipts);
   ASSERT_TRUE(adapter_->ResumeOutbox().ok());
   ASSERT_TRUE(OutboxEmpty());
   ASSERT_TRUE(parley::testing::WaitFor([&] { return receipts.all().size() == 3; }));
   EXPECT_EQ(receipts.all()[2].message_id, "rc1");
+  EXPECT_TRUE(receipts.in_outbox()[2]);  // reported before the outbox entry was removed
   EXPECT_EQ(receipts.all()[2].platform_message_id, posted_ts);
   EXPECT_EQ(server_.Posted().size(), 2u);  // nothing posted twice
-  StopAdapter();  // before `receipts` goes
+  StopAdapter();                           // before `receipts` goes
 }
 
 TEST_F(SlackStreamTest, DirectMessageStreamsInTheMainLine) {
