@@ -118,6 +118,7 @@ struct Options {
   // One more run at the largest N with this model delay (long enough for every turn to be taken
   // in before the first answer, so all N wait at once); 0 = none.
   int long_delay_ms = 20000;
+  int llm_max_concurrent = -1;  // [llm] max_concurrent; < 0: not set (the daemon's default)
   std::string metrics_out;
 };
 
@@ -135,6 +136,8 @@ void Usage() {
                "  --deadline-seconds S   longest run, from the first POST (default 120)\n"
                "  --long-delay-ms MS     one more run at the largest N with this model delay,\n"
                "                         so that all N turns wait at once (default 20000; 0 = no)\n"
+               "  --llm-max-concurrent N [llm] max_concurrent of the daemon (default: not set,\n"
+               "                         i.e. the daemon's default 1024; 0 = unlimited)\n"
                "  --metrics-out FILE     append the daemon's GET /metrics after every run\n");
 }
 
@@ -173,6 +176,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->deadline_seconds = std::atof(next().c_str());
     } else if (a == "--long-delay-ms") {
       o->long_delay_ms = std::atoi(next().c_str());
+    } else if (a == "--llm-max-concurrent") {
+      o->llm_max_concurrent = std::atoi(next().c_str());
     } else if (a == "--metrics-out") {
       o->metrics_out = next();
     } else if (a == "--help" || a == "-h") {
@@ -789,6 +794,9 @@ class Run {
     s += "[webhook]\nenabled = true\ninsecure_no_auth = true\n\n";
     s += "[llm]\nenabled = true\nbase_url = \"" + llm_->base_url() +
          "\"\napi_key = \"${PARLEY_BENCH_LLM_KEY}\"\nmodel = \"" + kModel + "\"\nstream = true\n";
+    if (o_.llm_max_concurrent >= 0) {
+      s += "max_concurrent = " + std::to_string(o_.llm_max_concurrent) + "\n";
+    }
     return s;
   }
 
