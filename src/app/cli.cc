@@ -3,12 +3,17 @@
 // local API (a Unix-domain socket in the store directory) and say so.
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <string_view>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -105,7 +110,9 @@ constexpr int kAskTimeoutMs = 60'000;
 Result<OutboundMessage> AskDaemon(const config::Config& config, const std::string& text,
                                   const std::string& conversation,
                                   const console::PartialCallback& on_partial) {
-  const json body{{"text", text}, {"conversation", conversation}};
+  json body{{"text", text}, {"conversation", conversation}};
+  // `--user` (or console.user): who is speaking; else the daemon's own console user.
+  if (!config.console.user.empty()) body["user"] = config.console.user;
   if (!on_partial) {
     auto answer = CallDaemon(config, "/v1/local/ask", body, kAskTimeoutMs);
     if (!answer.ok()) return answer.status();
@@ -153,6 +160,43 @@ Result<OutboundMessage> AskDaemon(const config::Config& config, const std::strin
   return adapters::ReplyFromJson(*answer);
 }
 
+// Listens to the daemon's GET /v1/local/listen for the conversation's unsolicited messages on a
+// background thread, calling on_message (on that thread) for each, until the returned function
+// is called (it stops the stream and joins the thread, within about 100 ms). When the stream
+// ends while the chat goes on (the daemon restarted), it reconnects every 2 s; a daemon that
+// refuses the request (an older one: 404) is not asked again.
+std::function<void()> ListenViaDaemon(const config::Config& config, const std::string& conversation,
+                                      console::MessageCallback on_message) {
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::atomic<bool> stop{false};
+  };
+  auto state = std::make_shared<State>();
+  const std::string socket = SocketPath(config);
+  auto thread = std::make_shared<std::thread>([state, socket, conversation, on_message] {
+    for (;;) {
+      Status ended = console::ListenToDaemon(socket, conversation, on_message, state->stop);
+      if (ended.code() == Status::Code::kNotFound ||
+          ended.code() == Status::Code::kInvalidArgument) {
+        return;  // refused: this daemon does not offer it
+      }
+      std::unique_lock<std::mutex> lock(state->mu);
+      if (state->cv.wait_for(lock, std::chrono::seconds(2), [&] { return state->stop.load(); })) {
+        return;
+      }
+    }
+  });
+  return [state, thread] {
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->stop = true;
+    }
+    state->cv.notify_all();
+    if (thread->joinable()) thread->join();
+  };
+}
+
 // Makes sure an in-process index has content: indexes on first use.
 bool EnsureIndexed(Runtime& rt) {
   if (rt.index->FileCount() > 0) return true;
@@ -173,7 +217,8 @@ struct InProcess {
 // Wires the console adapter to an in-process runtime and starts its threads.
 bool StartInProcess(InProcess& p) {
   if (!EnsureIndexed(*p.rt)) return false;
-  p.console = std::make_unique<console::ConsoleAdapter>(*p.rt->control, p.rt->config.console.user);
+  p.console = std::make_unique<console::ConsoleAdapter>(*p.rt->control, p.rt->config.console.user,
+                                                        *p.rt->kv, *p.rt->committer);
   p.rt->replies.Register(*p.console);
   Status s = p.console->Start(*p.rt->router);
   if (!s.ok()) return false;
@@ -253,6 +298,11 @@ int Chat(const config::Config& config, const std::string& conversation) {
                                10'000);
       if (!answer.ok()) return answer.status();
       return answer->value("forgotten_turns", size_t{0});
+    };
+    // Unsolicited messages of the conversation (an agent's replies, or cards in an agents'
+    // console) are printed between turns.
+    backend.listen = [&](console::MessageCallback on_message) {
+      return ListenViaDaemon(config, conversation, std::move(on_message));
     };
     console::RunTerminal(std::cin, std::cout, backend);
     return 0;
@@ -540,7 +590,8 @@ const std::map<std::string, std::string>& CommandHelp() {
        "config, the engine, /healthz, /readyz and /metrics.\nSIGTERM or SIGINT drains turns in "
        "flight and exits 0.\n"},
       {"ask",
-       "usage: parley ask \"QUESTION\" [--conversation ID] [--json] [--config FILE]\n\nOne turn "
+       "usage: parley ask \"QUESTION\" [--conversation ID] [--user ID] [--json] [--config FILE]"
+       "\n\nOne turn "
        "through the full engine, memory included: a second ask with the same\n--conversation is a "
        "follow-up (default conversation: \"terminal\").\nThe answer is printed as it is written "
        "(with an LLM), then its sources.\n--json prints only the final reply: {\"text\", "
@@ -548,9 +599,14 @@ const std::map<std::string, std::string>& CommandHelp() {
        "\"escalated\"}.\nWhen a daemon is running on the same store, the question goes through "
        "it.\n"},
       {"chat",
-       "usage: parley chat [--conversation ID] [--config FILE]\n\nAn interactive conversation in "
-       "this terminal. Commands: /forget, /help, /quit.\nWhen a daemon is running on the same "
-       "store, the conversation goes through it.\n"},
+       "usage: parley chat [--conversation ID] [--user ID] [--config FILE]\n\nAn interactive "
+       "conversation in this terminal. Commands: /forget, /help, /quit.\nWhen a daemon is "
+       "running on the same store, the conversation goes through it.\nMessages nobody asked for "
+       "(an agent's replies after a hand-over) are printed\nbetween turns as \"[message] ...\".\n"
+       "--user: who you are in the conversation (default: console.user, else $USER).\n"
+       "An escalation queue with agents = \"console:NAME\" is worked with\n"
+       "--conversation NAME: its cards appear here; type claim 1, reply 1 TEXT,\nnote 1 TEXT, "
+       "resolve 1, help.\n"},
       {"ingest",
        "usage: parley ingest [--config FILE]\n\nBrings the knowledge index in line with the "
        "configured sources (only new, changed\nand removed files are processed) and prints what "
@@ -590,6 +646,7 @@ int Main(int argc, char** argv) {
   const char* env_config = std::getenv("PARLEY_CONFIG");
   std::string config_path = env_config && *env_config ? env_config : "config/parley.toml";
   std::string conversation = "terminal";
+  std::string user;  // --user for ask and chat
   std::string platform = "webhook", thread;
   bool conversation_given = false;
   bool as_json = false;
@@ -621,6 +678,8 @@ int Main(int argc, char** argv) {
         return UsageError("--conversation needs an id", command);
       }
       conversation_given = true;
+    } else if (a == "--user" && (command == "ask" || command == "chat")) {
+      if (!value(user) || user.empty()) return UsageError("--user needs an id", command);
     } else if (a == "--json" && (command == "ask" || command == "audit")) {
       as_json = true;
     } else if (a == "--since" && command == "audit") {
@@ -709,6 +768,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "parley: %s\n", logging.ToString().c_str());
     return 2;
   }
+  if (!user.empty()) config->console.user = user;  // ask and chat only
   if (command == "ask") return Ask(*config, positional[0], conversation, as_json);
   if (command == "chat") return Chat(*config, conversation);
   if (command == "ingest") return IngestCommand(*config);

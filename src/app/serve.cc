@@ -188,7 +188,7 @@ int Serve(const config::Config& config) {
     rt.replies.Register(*hook);
     if (rt.desk_bridge) hook->SetDeliveryListener(rt.desk_bridge.get());
   }
-  console::ConsoleAdapter console(*rt.control, config.console.user);
+  console::ConsoleAdapter console(*rt.control, config.console.user, *rt.kv, *rt.committer);
   rt.replies.Register(console);
   // Set by an adapter that cannot go on (e.g. a Slack token refused): the daemon stops, exit 1.
   std::atomic<int> exit_code{0};
@@ -468,8 +468,10 @@ int Serve(const config::Config& config) {
     if (!started.ok()) spdlog::error("slack.start_failed error=\"{}\"", started.ToString());
     started = matrix_adapter ? matrix_adapter->Start(*rt.router) : Status::Ok();
     if (!started.ok()) spdlog::error("matrix.start_failed error=\"{}\"", started.ToString());
-    Status console_started = console.Start(*rt.router);
-    (void)console_started;
+    Status console_started = console.Start(*rt.router);  // loads its mailboxes from the outbox
+    if (!console_started.ok()) {
+      spdlog::error("console.start_failed error=\"{}\"", console_started.ToString());
+    }
     ready = true;
     spdlog::info("ready chunks={}", rt.index->ChunkCount());
   });

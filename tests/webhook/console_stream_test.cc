@@ -19,12 +19,27 @@
 #include "adapters/common/http_json.h"
 #include "adapters/common/reply_stream.h"
 #include "adapters/console/console_adapter.h"
-#include "tests/support/recording_inbound_sink.h"
+#include "store/committer.h"
+#include "store/kv_store.h"
 #include "tests/support/io_threads.h"
+#include "tests/support/recording_inbound_sink.h"
 #include "tests/support/temp_dir.h"
 
 namespace parley::console {
 namespace {
+
+// A LevelDB store in a temp dir with its committer, for the adapter's outbox.
+struct TestStore {
+  TestStore() : kv(Open(dir)), committer(*kv) {}
+  static std::unique_ptr<store::KvStore> Open(const testing::TempDir& dir) {
+    auto opened = store::OpenLevelDb(dir.Sub("db"));
+    EXPECT_TRUE(opened.ok()) << opened.status().ToString();
+    return opened.ok() ? std::move(opened).value() : nullptr;
+  }
+  testing::TempDir dir;
+  std::unique_ptr<store::KvStore> kv;
+  store::Committer committer;
+};
 
 OutboundMessage Text(const std::string& text) {
   OutboundMessage m;
@@ -167,7 +182,8 @@ class StreamingEngine final : public InboundSink {
 
 TEST(ConsoleAdapterStreamTest, AskHandsPartialsToTheCallingThread) {
   NoControl control;
-  ConsoleAdapter adapter(control, "tester");
+  TestStore db;
+  ConsoleAdapter adapter(control, "tester", *db.kv, db.committer);
   StreamingEngine engine(adapter, {"A", "A b", "A b c"}, "A b c d");
   ASSERT_TRUE(adapter.Start(engine).ok());
   const auto caller = std::this_thread::get_id();
@@ -197,7 +213,8 @@ TEST(ConsoleAdapterStreamTest, AskHandsPartialsToTheCallingThread) {
 
 TEST(ConsoleAdapterStreamTest, TerminalOverTheAdapterPrintsTheWholeReplyOnce) {
   NoControl control;
-  ConsoleAdapter adapter(control, "tester");
+  TestStore db;
+  ConsoleAdapter adapter(control, "tester", *db.kv, db.committer);
   StreamingEngine engine(adapter, {"The", "The answer", "The answer is"}, "The answer is 42.");
   ASSERT_TRUE(adapter.Start(engine).ok());
   const std::string out = Converse(adapter.Backend("terminal"));
@@ -330,7 +347,7 @@ struct ClientView {
 class LocalStreamTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    adapter_ = std::make_unique<ConsoleAdapter>(control_, "tester");
+    adapter_ = std::make_unique<ConsoleAdapter>(control_, "tester", *db_.kv, db_.committer);
     ASSERT_TRUE(adapter_->Start(sink_).ok());
     server_ = std::make_unique<net::HttpServer>(
         io_.io, net::HttpServerOptions{},
@@ -400,6 +417,7 @@ class LocalStreamTest : public ::testing::Test {
 
   testing::IoThreads io_{2};
   testing::TempDir dir_;
+  TestStore db_;
   NoControl control_;
   RecordingSink sink_;
   std::unique_ptr<ConsoleAdapter> adapter_;
