@@ -33,12 +33,19 @@ class Gauge {
   std::atomic<int64_t> value_{0};
 };
 
-// Latency histogram in seconds with fixed buckets from 100 us to 10 s.
+// Bucket bounds of a histogram (seconds), fixed per metric.
+enum class HistogramScale {
+  kFast,   // 100 us .. 10 s: request handling, store, retrieval, HTTP calls
+  kSlow,   // 100 ms .. 5 min: model calls and whole model turns
+  kHuman,  // 10 s .. 1 day: waits on people (time to claim, to resolve)
+};
+
+// Histogram in seconds.
 class Histogram {
  public:
-  static constexpr std::array<double, 14> kBounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                     0.005,  0.01,    0.025,  0.05,  0.1,
-                                                     0.25,   0.5,     1.0,    10.0};
+  explicit Histogram(HistogramScale scale = HistogramScale::kFast);
+  // The upper bounds of the scale's buckets, ascending (+Inf comes after the last).
+  static const std::vector<double>& Bounds(HistogramScale scale);
   void ObserveSeconds(double seconds);
   void ObserveNanos(int64_t nanos) { ObserveSeconds(static_cast<double>(nanos) / 1e9); }
   uint64_t count() const { return count_.load(std::memory_order_relaxed); }
@@ -46,7 +53,8 @@ class Histogram {
   void Render(std::string& out, const std::string& name, const std::string& labels) const;
 
  private:
-  std::array<std::atomic<uint64_t>, kBounds.size() + 1> buckets_{};
+  const std::vector<double>& bounds_;
+  std::unique_ptr<std::atomic<uint64_t>[]> buckets_;  // bounds_.size() + 1
   std::atomic<uint64_t> count_{0};
   std::atomic<uint64_t> sum_nanos_{0};
 };
@@ -59,8 +67,10 @@ class MetricsRegistry {
                       const std::string& labels = "");
   Gauge& GetGauge(const std::string& name, const std::string& help,
                   const std::string& labels = "");
+  // The scale is fixed by the first call for a name+labels.
   Histogram& GetHistogram(const std::string& name, const std::string& help,
-                          const std::string& labels = "");
+                          const std::string& labels = "",
+                          HistogramScale scale = HistogramScale::kFast);
   std::string RenderPrometheus() const;
 
  private:

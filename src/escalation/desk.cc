@@ -679,13 +679,15 @@ Status Desk::Commit(std::unique_lock<std::mutex>& lock, Txn& txn, DeskResult& re
   for (const auto& [queue, seconds] : txn.claim_seconds) {
     metrics_
         .GetHistogram("parley_escalation_claim_seconds",
-                      "Time from queueing to an agent's claim, seconds")
+                      "Time from queueing to an agent's claim, seconds", "",
+                      HistogramScale::kHuman)
         .ObserveSeconds(seconds);
   }
   for (double seconds : txn.resolve_seconds) {
     metrics_
         .GetHistogram("parley_escalation_resolve_seconds",
-                      "Time from opening a ticket to its resolution, seconds")
+                      "Time from opening a ticket to its resolution, seconds", "",
+                      HistogramScale::kHuman)
         .ObserveSeconds(seconds);
   }
   for (const std::string& queue : txn.breaches) {

@@ -33,6 +33,44 @@ TEST(MetricsTest, RendersPrometheusText) {
   EXPECT_NE(text.find("parley_stage_seconds_count{stage=\"total\"} 3\n"), std::string::npos);
 }
 
+TEST(MetricsTest, HumanScaleCountsMinutesAndHours) {
+  MetricsRegistry registry;
+  Histogram& h = registry.GetHistogram("parley_escalation_claim_seconds", "Claims", "",
+                                       HistogramScale::kHuman);
+  h.ObserveSeconds(45);        // le 60
+  h.ObserveSeconds(20 * 60);   // le 1800
+  h.ObserveSeconds(3 * 3600);  // le 14400
+  // The scale is fixed by the first call.
+  EXPECT_EQ(&registry.GetHistogram("parley_escalation_claim_seconds", "Claims"), &h);
+  const std::string text = registry.RenderPrometheus();
+  for (const auto& [le, n] : std::vector<std::pair<std::string, int>>{
+           {"10", 0}, {"30", 0}, {"60", 1}, {"900", 1}, {"1800", 2}, {"14400", 3}, {"+Inf", 3}}) {
+    EXPECT_NE(text.find("parley_escalation_claim_seconds_bucket{le=\"" + le + "\"} " +
+                        std::to_string(n) + "\n"),
+              std::string::npos)
+        << le << "\n"
+        << text;
+  }
+  EXPECT_EQ(text.find("le=\"0.0001\""), std::string::npos) << text;
+  EXPECT_NE(text.find("parley_escalation_claim_seconds_sum 12045.000000\n"), std::string::npos)
+      << text;
+}
+
+TEST(MetricsTest, SlowScaleReachesFiveMinutes) {
+  MetricsRegistry registry;
+  Histogram& h =
+      registry.GetHistogram("parley_llm_seconds", "Calls", "", HistogramScale::kSlow);
+  h.ObserveSeconds(0.05);
+  h.ObserveSeconds(25);
+  h.ObserveSeconds(400);
+  const std::string text = registry.RenderPrometheus();
+  EXPECT_NE(text.find("parley_llm_seconds_bucket{le=\"0.1\"} 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("parley_llm_seconds_bucket{le=\"20\"} 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("parley_llm_seconds_bucket{le=\"30\"} 2\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("parley_llm_seconds_bucket{le=\"300\"} 2\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("parley_llm_seconds_bucket{le=\"+Inf\"} 3\n"), std::string::npos) << text;
+}
+
 TEST(MetricsTest, SameNameAndLabelsIsTheSameCounterAcrossThreads) {
   MetricsRegistry registry;
   std::vector<std::thread> threads;
