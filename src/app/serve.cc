@@ -330,10 +330,26 @@ int Serve(const config::Config& config) {
                                              body.value("thread", "")};
       message.text = body["text"].get<std::string>();
       auto shared = std::make_shared<net::Responder>(std::move(respond));
-      const std::string id = message.id;
-      rt.replies.Send(std::move(message), [shared, id](Status status) {
-        if (!status.ok()) return (*shared)(JsonError(409, "not_sent", status.message()));
-        (*shared)(Json(200, {{"id", id}, {"status", "queued"}}));
+      // As the engine does for a reply: the outbox entry first (synced, so on the work pool),
+      // then the send; the adapter removes the entry once delivered, so a crash loses nothing.
+      boost::asio::post(rt.work, [&rt, shared, message = std::move(message)]() mutable {
+        if (rt.replies.DeliversDurably(message)) {
+          store::OutboxEntry entry;
+          entry.id = message.id;
+          entry.platform = message.conversation.platform;
+          entry.target = message.reply_route;
+          entry.payload = json(message).dump();
+          entry.created_ms = SystemClock::Instance().NowMs();
+          store::WriteBatch batch;
+          store::Outbox(*rt.kv).Put(batch, entry);
+          Status written = rt.kv->Write(batch, /*sync=*/true);
+          if (!written.ok()) return (*shared)(JsonError(503, "store_error", written.ToString()));
+        }
+        const std::string id = message.id;
+        rt.replies.Send(std::move(message), [shared, id](Status status) {
+          if (!status.ok()) return (*shared)(JsonError(409, "not_sent", status.message()));
+          (*shared)(Json(200, {{"id", id}, {"status", "queued"}}));
+        });
       });
       return;
     }

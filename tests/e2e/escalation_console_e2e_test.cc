@@ -336,6 +336,20 @@ TEST_F(EscalationConsoleE2eTest, ACardPostedWithNobodyListeningSurvivesSigkillAn
   EXPECT_TRUE(third->Messages().empty()) << third->Messages().size();
 }
 
+TEST_F(EscalationConsoleE2eTest, SayToAConsoleConversationWaitsForItsReaderAcrossSigkill) {
+  ASSERT_TRUE(StartDaemon());
+  CommandResult said = RunParley({"say", "Maintenance at 18:00 UTC.", "--platform", "console",
+                                  "--conversation", "agents", "--config", config_},
+                                 "", 30'000);
+  ASSERT_EQ(said.exit_code, 0) << said.out << said.err;
+  daemon_->Kill();
+  ASSERT_TRUE(Restart());
+  auto listener = Listen();
+  ASSERT_TRUE(listener->Await("Maintenance at 18:00 UTC.").has_value()) << daemon_->Log();
+  listener->WaitUntil([](const std::vector<json>&) { return false; }, kAbsentMs);
+  EXPECT_EQ(listener->Count("Maintenance at 18:00 UTC."), 1u);
+}
+
 TEST_F(EscalationConsoleE2eTest, BadListenRequestIsAJsonError) {
   ASSERT_TRUE(StartDaemon());
   net::ClientRequest r;
