@@ -38,8 +38,8 @@
 //   id = message id, payload = the message as JSON) before Send; Send then reports OK at once and
 //   puts the message in its conversation's in-memory mailbox (a duplicate id already waiting is
 //   ignored; mailboxes are per conversation = channel, threads are ignored: the console has
-//   none). A sender that wrote no entry (`parley say --platform console`) still reaches the
-//   listeners, only not across a crash. A waiting message is handed to every listener of its
+//   none). A sender that wrote no entry still reaches the listeners, only not across a crash
+//   (`parley say` writes one, as the router and the desk do). A waiting message is handed to every listener of its
 //   conversation; once one listener took it (its event was accepted by an open stream, or the
 //   in-process callback returned), it leaves the mailbox and its outbox entry is deleted (through
 //   the Committer, unsynced: a crash at that moment shows it again, at least once). With no
