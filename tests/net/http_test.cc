@@ -865,6 +865,43 @@ TEST(HttpClientTest, DestroyingTheClientFailsRequestsInFlight) {
   EXPECT_TRUE(WaitFor([&] { return server.InFlight() == 0; }));
 }
 
+TEST(HttpClientTest, CancelEndsATransferWhoseServerIsSilent) {
+  IoThreads io(2);
+  HeldResponders held;
+  HttpServer server(io.io, {}, held.Handler());
+  auto port = server.ListenTcp("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok());
+  auto client = MakeCurlHttpClient(io.io);
+  auto promise = std::make_shared<std::promise<Result<ClientResponse>>>();
+  auto future = promise->get_future();
+  ClientRequest req = Get(BaseUrl(*port) + "/silent");
+  req.timeout_ms = 0;  // no deadline of its own
+  req.cancel = std::make_shared<std::atomic<bool>>(false);
+  client->Request(req, [promise](Result<ClientResponse> r) { promise->set_value(std::move(r)); });
+  ASSERT_TRUE(WaitFor([&] { return held.Count() == 1; }));
+  // No byte comes; the flag is still seen (curl's progress callback) and ends it promptly.
+  req.cancel->store(true);
+  ASSERT_EQ(future.wait_for(seconds(3)), std::future_status::ready);
+  auto r = future.get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kUnavailable);
+  EXPECT_EQ(r.status().message(), "cancelled");
+  // Its connection is closed: the server's request ends without an answer being read.
+  held.RespondAll(200, "too late");
+  EXPECT_TRUE(WaitFor([&] { return server.InFlight() == 0; }));
+  // Other transfers go on.
+  auto next = std::make_shared<std::promise<Result<ClientResponse>>>();
+  auto next_future = next->get_future();
+  client->Request(Get(BaseUrl(*port) + "/after"),
+                  [next](Result<ClientResponse> r) { next->set_value(std::move(r)); });
+  ASSERT_TRUE(WaitFor([&] { return held.Count() == 1; }));
+  held.RespondAll(200, "ok");
+  ASSERT_EQ(next_future.wait_for(seconds(10)), std::future_status::ready);
+  auto after = next_future.get();
+  ASSERT_TRUE(after.ok()) << after.status().ToString();
+  EXPECT_EQ(after->body, "ok");
+}
+
 TEST(HttpClientTest, BlockingRequestWorks) {
   IoThreads io(1);
   HttpServer server(io.io, {}, EchoHandler());
