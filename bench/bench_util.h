@@ -1,21 +1,81 @@
 #pragma once
-// Small helpers shared by the benchmarks that watch a daemon process: CPU time from
-// /proc/PID/stat, percentiles, number formatting.
+// Small helpers shared by the benchmarks that watch a daemon process: clocks, CPU time and
+// memory from /proc and getrusage, the daemon's stage metrics, percentiles, number formatting.
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
 
 namespace parley::bench {
+
+// steady_clock now, in nanoseconds.
+inline int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// A "Key:   N kB" field of /proc/PID/status, in KiB (0 when absent).
+inline long StatusKib(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, key.size() + 1, key + ":") == 0) {
+      return std::atol(line.c_str() + key.size() + 1);
+    }
+  }
+  return 0;
+}
+
+// User + system CPU seconds of getrusage(who): RUSAGE_SELF, RUSAGE_THREAD, ...
+inline double RusageSeconds(int who) {
+  rusage u{};
+  getrusage(who, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+// parley_stage_seconds_{sum,count}{stage="..."} from a /metrics body.
+struct StageTotals {
+  std::map<std::string, double> sum;
+  std::map<std::string, double> count;
+};
+
+inline StageTotals ParseStages(const std::string& body) {
+  StageTotals t;
+  std::stringstream ss(body);
+  std::string line;
+  const std::string prefix = "parley_stage_seconds_";
+  while (std::getline(ss, line)) {
+    if (line.compare(0, prefix.size(), prefix) != 0) continue;
+    const bool is_sum = line.compare(prefix.size(), 4, "sum{") == 0;
+    const bool is_count = line.compare(prefix.size(), 6, "count{") == 0;
+    if (!is_sum && !is_count) continue;
+    size_t q1 = line.find("stage=\"");
+    if (q1 == std::string::npos) continue;
+    q1 += 7;
+    size_t q2 = line.find('"', q1);
+    size_t sp = line.rfind(' ');
+    if (q2 == std::string::npos || sp == std::string::npos) continue;
+    const std::string stage = line.substr(q1, q2 - q1);
+    const double v = std::atof(line.c_str() + sp + 1);
+    (is_sum ? t.sum : t.count)[stage] = v;
+  }
+  return t;
+}
 
 // utime + stime of a process in seconds.
 inline double ProcCpuSeconds(pid_t pid) {

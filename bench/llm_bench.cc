@@ -88,11 +88,6 @@ std::atomic<bool> g_stop{false};
 
 void OnSignal(int) { g_stop = true; }
 
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
-      .count();
-}
-
 const char* const kQuestions[] = {
     "How do I sign webhook requests?",
     "how can I get answers asynchronously with a reply_url?",
@@ -270,13 +265,6 @@ size_t OpenFds(pid_t pid) {
     ++n;
   }
   return n;
-}
-
-double RusageSeconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
 double Mib(long kib) { return static_cast<double>(kib) / 1024.0; }
@@ -651,7 +639,7 @@ class Run {
 
     const auto tcp0 = TcpExt();
     const double dcpu0 = ProcCpuSeconds(pid_);
-    const double bcpu0 = RusageSeconds();
+    const double bcpu0 = RusageSeconds(RUSAGE_SELF);
     const int64_t t0 = NowNs();
     const int64_t deadline = t0 + static_cast<int64_t>(o_.deadline_seconds * 1e9);
     Sender sender(ledger, daemon_->port(), receiver.Url(), o_.connections);
@@ -690,7 +678,7 @@ class Run {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     const double dcpu1 = ProcCpuSeconds(pid_);
-    const double bcpu1 = RusageSeconds();
+    const double bcpu1 = RusageSeconds(RUSAGE_SELF);
     Sample(&r);
     sender.Stop();
     // Late or doubled callbacks would arrive within moments; wait a little to count them.

@@ -75,11 +75,6 @@ constexpr double kSettleMaxSeconds = 120;
 
 void OnSignal(int) { g_stop = true; }
 
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
-      .count();
-}
-
 // Questions people ask about parley; config/knowledge answers each.
 const char* const kQuestions[] = {
     "How do I sign webhook requests?",
@@ -217,56 +212,6 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     }
   }
   return true;
-}
-
-// ---- /proc ----
-
-// A "Key:   N kB" field of /proc/PID/status, in KiB (0 when absent).
-long StatusKib(pid_t pid, const std::string& key) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.compare(0, key.size() + 1, key + ":") == 0) {
-      return std::atol(line.c_str() + key.size() + 1);
-    }
-  }
-  return 0;
-}
-
-double RusageSeconds(int who) {
-  rusage u{};
-  getrusage(who, &u);
-  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
-}
-
-// parley_stage_seconds_{sum,count}{stage="..."} from a /metrics body.
-struct StageTotals {
-  std::map<std::string, double> sum;
-  std::map<std::string, double> count;
-};
-
-StageTotals ParseStages(const std::string& body) {
-  StageTotals t;
-  std::stringstream ss(body);
-  std::string line;
-  const std::string prefix = "parley_stage_seconds_";
-  while (std::getline(ss, line)) {
-    if (line.compare(0, prefix.size(), prefix) != 0) continue;
-    const bool is_sum = line.compare(prefix.size(), 4, "sum{") == 0;
-    const bool is_count = line.compare(prefix.size(), 6, "count{") == 0;
-    if (!is_sum && !is_count) continue;
-    size_t q1 = line.find("stage=\"");
-    if (q1 == std::string::npos) continue;
-    q1 += 7;
-    size_t q2 = line.find('"', q1);
-    size_t sp = line.rfind(' ');
-    if (q2 == std::string::npos || sp == std::string::npos) continue;
-    const std::string stage = line.substr(q1, q2 - q1);
-    const double v = std::atof(line.c_str() + sp + 1);
-    (is_sum ? t.sum : t.count)[stage] = v;
-  }
-  return t;
 }
 
 // ---- the bookkeeping of one daemon run ----
