@@ -127,45 +127,16 @@ StreamedReplyReader::StreamedReplyReader(PartialCallback on_partial)
     : on_partial_(std::move(on_partial)) {}
 
 void StreamedReplyReader::Feed(std::string_view bytes) {
-  for (char c : bytes) {
-    if (finished()) return;
-    if (c == '\n') {
-      std::string line = std::move(buffer_);
-      buffer_.clear();
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      Line(std::move(line));
-    } else {
-      buffer_.push_back(c);
-    }
-  }
+  if (finished()) return;
+  Status framed = parser_.Feed(bytes, [this](net::SseEvent e) {
+    if (!finished()) Dispatch(std::move(e));  // events after the end are ignored
+  });
+  if (!framed.ok() && !finished()) error_ = framed.message();
 }
 
-void StreamedReplyReader::Line(std::string line) {
-  if (line.empty()) return Dispatch();
-  if (line[0] == ':') return;  // a comment
-  const size_t colon = line.find(':');
-  std::string field = line.substr(0, colon);
-  std::string value;
-  if (colon != std::string::npos) {
-    value = line.substr(colon + 1);
-    if (!value.empty() && value[0] == ' ') value.erase(0, 1);
-  }
-  if (field == "event") {
-    event_ = std::move(value);
-  } else if (field == "data") {
-    if (has_data_) data_ += '\n';
-    data_ += value;
-    has_data_ = true;
-  }  // "id", "retry" and unknown fields do not matter here
-}
-
-void StreamedReplyReader::Dispatch() {
-  std::string event = event_.empty() ? "message" : std::move(event_);
-  event_.clear();
-  if (!has_data_) return;  // an event without data is not dispatched (as in EventSource)
-  std::string data = std::move(data_);
-  data_.clear();
-  has_data_ = false;
+void StreamedReplyReader::Dispatch(net::SseEvent e) {
+  const std::string event = e.event.empty() ? "message" : std::move(e.event);
+  const std::string data = std::move(e.data);
   json parsed = json::parse(data, nullptr, /*allow_exceptions=*/false);
   if (event == "delta" || event == "replace") {
     if (!parsed.is_object() || !parsed.contains("text") || !parsed["text"].is_string()) {

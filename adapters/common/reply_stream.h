@@ -19,6 +19,7 @@
 #include <string_view>
 
 #include "core/message.h"
+#include "net/sse.h"
 #include "core/status.h"
 #include "net/http.h"
 
@@ -93,14 +94,10 @@ class StreamedReplyReader {
   const std::string& text() const { return text_; }
 
  private:
-  void Line(std::string line);
-  void Dispatch();
+  void Dispatch(net::SseEvent e);
 
   PartialCallback on_partial_;
-  std::string buffer_;  // bytes of an incomplete line
-  std::string event_;   // "event:" of the event being read
-  std::string data_;    // "data:" lines of the event being read, joined by '\n'
-  bool has_data_ = false;
+  net::SseParser parser_;
   std::string id_;
   std::string text_;
   std::optional<OutboundMessage> reply_;

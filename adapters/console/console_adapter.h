@@ -72,6 +72,7 @@
 #include "core/channel.h"
 #include "core/control.h"
 #include "net/http.h"
+#include "net/sse.h"
 #include "store/committer.h"
 #include "store/kv_store.h"
 #include "store/records.h"
@@ -111,14 +112,10 @@ class ListenStreamReader {
   const std::string& error() const { return error_; }
 
  private:
-  void Line(std::string line);
-  void Dispatch();
+  void Dispatch(net::SseEvent e);
 
   MessageCallback on_message_;
-  std::string buffer_;
-  std::string event_;
-  std::string data_;
-  bool has_data_ = false;
+  net::SseParser parser_;
   std::string error_;
 };
 
