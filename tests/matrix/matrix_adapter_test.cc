@@ -29,6 +29,7 @@
 #include "store/kv_store.h"
 #include "store/records.h"
 #include "tests/fakes/matrix/matrix_server.h"
+#include "tests/support/recording_delivery_listener.h"
 #include "tests/support/io_threads.h"
 #include "tests/support/recording_inbound_sink.h"
 #include "tests/support/temp_dir.h"
@@ -58,39 +59,6 @@ class FakeControl final : public ConversationControl {
   }
 };
 
-// Records receipts and whether the message was still in the outbox when it was reported (the
-// adapter must report before it forgets the message, so a listener's stored receipt survives a
-// crash).
-class RecordingListener final : public DeliveryListener {
- public:
-  void OnDelivered(const DeliveryReceipt& receipt) override {
-    bool queued = false;
-    if (kv != nullptr) {
-      auto entries = store::Outbox(*kv).Load("matrix");
-      for (const store::OutboxEntry& e :
-           entries.ok() ? *entries : std::vector<store::OutboxEntry>{}) {
-        queued = queued || e.id == receipt.message_id;
-      }
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    receipts_.push_back(receipt);
-    in_outbox_.push_back(queued);
-  }
-  std::vector<DeliveryReceipt> receipts() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return receipts_;
-  }
-  std::vector<bool> in_outbox() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return in_outbox_;
-  }
-  store::KvStore* kv = nullptr;  // set before the adapter starts
-
- private:
-  std::mutex mu_;
-  std::vector<DeliveryReceipt> receipts_;
-  std::vector<bool> in_outbox_;
-};
 
 class MatrixAdapterTest : public ::testing::Test {
  protected:
@@ -250,7 +218,7 @@ class MatrixAdapterTest : public ::testing::Test {
   MetricsRegistry metrics_;
   config::MatrixConfig config_;
   parley::testing::RecordingInboundSink sink_;
-  RecordingListener listener_;
+  parley::testing::RecordingDeliveryListener listener_{"matrix"};
   std::shared_ptr<MatrixAdapter> adapter_;
   std::mutex mu_;
   std::vector<Status> fatal_;
@@ -354,9 +322,9 @@ TEST_F(MatrixAdapterTest, RepliesGoInTheThreadWithFallbackTypingAndReceipts) {
   EXPECT_EQ(rel["m.in_reply_to"]["event_id"], question);
   EXPECT_EQ(posted.txn_id, "reply-1.0");
   EXPECT_TRUE(OutboxEmpty());
-  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.receipts().empty(); }));
-  EXPECT_EQ(listener_.receipts()[0].platform_message_id, posted.event_id);
-  EXPECT_EQ(listener_.receipts()[0].message_id, "reply-1");
+  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.all().empty(); }));
+  EXPECT_EQ(listener_.all()[0].platform_message_id, posted.event_id);
+  EXPECT_EQ(listener_.all()[0].message_id, "reply-1");
   EXPECT_TRUE(listener_.in_outbox()[0]);  // reported before the outbox entry was removed
   ASSERT_TRUE(server_->WaitFor([&] {
     auto calls = server_->TypingCalls();
@@ -456,8 +424,8 @@ TEST_F(MatrixAdapterTest, LostSendResponseIsRetriedWithTheSameTxnIdAndShownOnce)
   auto shown = BotMessagesWithBody(room, "the answer");
   ASSERT_EQ(shown.size(), 1u);
   EXPECT_EQ(shown[0].txn_id, "lost-1.0");
-  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.receipts().empty(); }));
-  EXPECT_EQ(listener_.receipts().back().platform_message_id, shown[0].event_id);
+  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.all().empty(); }));
+  EXPECT_EQ(listener_.all().back().platform_message_id, shown[0].event_id);
 }
 
 TEST_F(MatrixAdapterTest, ReplyInTheOutboxAfterACrashIsSentOnceWithItsTxnId) {
@@ -642,8 +610,8 @@ TEST_F(MatrixAdapterTest, StreamingPostsOnceThenEditsToTheCompleteAnswer) {
     EXPECT_TRUE(c["m.new_content"].contains("formatted_body"));
   }
   EXPECT_EQ(events.back().content["m.new_content"]["body"], "The complete answer, with details.");
-  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.receipts().empty(); }));
-  EXPECT_EQ(listener_.receipts().back().platform_message_id, original.event_id);
+  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.all().empty(); }));
+  EXPECT_EQ(listener_.all().back().platform_message_id, original.event_id);
   // A late partial changes nothing.
   partial.text = "stale";
   adapter_->SendPartial(partial);
@@ -669,8 +637,8 @@ TEST_F(MatrixAdapterTest, PartialAnswerLeftByACrashIsFinishedByTheAnswerOfTheRep
   EXPECT_EQ(events[1].content["m.relates_to"]["rel_type"], "m.replace");
   EXPECT_EQ(events[1].content["m.relates_to"]["event_id"], posted);
   EXPECT_EQ(events[1].content["m.new_content"]["body"], "The complete answer.");
-  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.receipts().empty(); }));
-  EXPECT_EQ(listener_.receipts().back().platform_message_id, posted);
+  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.all().empty(); }));
+  EXPECT_EQ(listener_.all().back().platform_message_id, posted);
   // Done with: once its record is gone, the next answer to the same question posts normally.
   ASSERT_TRUE(
       parley::testing::WaitFor([&] { return !kv_->Get(store::keys::MatrixPartial(room, q)).ok(); },
@@ -783,9 +751,9 @@ TEST_F(MatrixAdapterTest, MessageTheBotPostedFirstRootsAThreadItFollows) {
   std::promise<Status> queued;
   adapter_->Send(card, [&queued](Status s) { queued.set_value(s); });
   ASSERT_TRUE(queued.get_future().get().ok());
-  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.receipts().empty(); },
+  ASSERT_TRUE(parley::testing::WaitFor([&] { return !listener_.all().empty(); },
                                        std::chrono::milliseconds(kWaitMs)));
-  const DeliveryReceipt receipt = listener_.receipts()[0];
+  const DeliveryReceipt receipt = listener_.all()[0];
   EXPECT_EQ(receipt.message_id, "card-1");
   ASSERT_EQ(BotMessages(room).size(), 1u);
   EXPECT_EQ(receipt.platform_message_id, BotMessages(room)[0].event_id);

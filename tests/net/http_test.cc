@@ -42,12 +42,18 @@ using std::chrono::seconds;
 using Clock = std::chrono::steady_clock;
 
 // Issues one request and waits (bounded) for its callback.
-Result<ClientResponse> Call(HttpClient& client, ClientRequest request,
-                            milliseconds limit = milliseconds(10000)) {
+// Starts a request; its result arrives in the future.
+std::future<Result<ClientResponse>> Start(HttpClient& client, ClientRequest request) {
   auto promise = std::make_shared<std::promise<Result<ClientResponse>>>();
   auto future = promise->get_future();
   client.Request(std::move(request),
                  [promise](Result<ClientResponse> r) { promise->set_value(std::move(r)); });
+  return future;
+}
+
+Result<ClientResponse> Call(HttpClient& client, ClientRequest request,
+                            milliseconds limit = milliseconds(10000)) {
+  auto future = Start(client, std::move(request));
   if (future.wait_for(limit) != std::future_status::ready) {
     return Status::Internal("test: no callback within the deadline");
   }
@@ -426,10 +432,7 @@ TEST(HttpServerClientTest, HandlerMayRespondLaterFromAnotherThread) {
   ASSERT_TRUE(port.ok());
   auto client = MakeCurlHttpClient(io.io);
 
-  auto promise = std::make_shared<std::promise<Result<ClientResponse>>>();
-  auto future = promise->get_future();
-  client->Request(Get(BaseUrl(*port) + "/slow"),
-                  [promise](Result<ClientResponse> r) { promise->set_value(std::move(r)); });
+  auto future = Start(*client, Get(BaseUrl(*port) + "/slow"));
   ASSERT_TRUE(WaitFor([&] { return held.Count() == 1; }));
   EXPECT_EQ(server.InFlight(), 1u);
   std::thread responder([&] { held.RespondAll(202, "later"); });
@@ -765,10 +768,7 @@ TEST(HttpServerTest, StopLetsTheInFlightRequestFinish) {
   // One idle keep-alive connection (raw) and one request in flight.
   RawConnection idle(*port);
   ASSERT_TRUE(idle.connected());
-  auto promise = std::make_shared<std::promise<Result<ClientResponse>>>();
-  auto future = promise->get_future();
-  client->Request(Get(BaseUrl(*port) + "/work"),
-                  [promise](Result<ClientResponse> r) { promise->set_value(std::move(r)); });
+  auto future = Start(*client, Get(BaseUrl(*port) + "/work"));
   ASSERT_TRUE(WaitFor([&] { return server.InFlight() == 1 && server.OpenConnections() == 2; }));
 
   server.Stop();
@@ -850,10 +850,7 @@ TEST(HttpClientTest, DestroyingTheClientFailsRequestsInFlight) {
   auto port = server.ListenTcp("127.0.0.1", 0);
   ASSERT_TRUE(port.ok());
   auto client = MakeCurlHttpClient(io.io);
-  auto promise = std::make_shared<std::promise<Result<ClientResponse>>>();
-  auto future = promise->get_future();
-  client->Request(Get(BaseUrl(*port) + "/pending"),
-                  [promise](Result<ClientResponse> r) { promise->set_value(std::move(r)); });
+  auto future = Start(*client, Get(BaseUrl(*port) + "/pending"));
   ASSERT_TRUE(WaitFor([&] { return held.Count() == 1; }));
   client.reset();
   ASSERT_EQ(future.wait_for(seconds(10)), std::future_status::ready);
@@ -872,12 +869,10 @@ TEST(HttpClientTest, CancelEndsATransferWhoseServerIsSilent) {
   auto port = server.ListenTcp("127.0.0.1", 0);
   ASSERT_TRUE(port.ok());
   auto client = MakeCurlHttpClient(io.io);
-  auto promise = std::make_shared<std::promise<Result<ClientResponse>>>();
-  auto future = promise->get_future();
   ClientRequest req = Get(BaseUrl(*port) + "/silent");
   req.timeout_ms = 0;  // no deadline of its own
   req.cancel = std::make_shared<std::atomic<bool>>(false);
-  client->Request(req, [promise](Result<ClientResponse> r) { promise->set_value(std::move(r)); });
+  auto future = Start(*client, req);
   ASSERT_TRUE(WaitFor([&] { return held.Count() == 1; }));
   // No byte comes; the flag is still seen (curl's progress callback) and ends it promptly.
   req.cancel->store(true);
@@ -890,10 +885,7 @@ TEST(HttpClientTest, CancelEndsATransferWhoseServerIsSilent) {
   held.RespondAll(200, "too late");
   EXPECT_TRUE(WaitFor([&] { return server.InFlight() == 0; }));
   // Other transfers go on.
-  auto next = std::make_shared<std::promise<Result<ClientResponse>>>();
-  auto next_future = next->get_future();
-  client->Request(Get(BaseUrl(*port) + "/after"),
-                  [next](Result<ClientResponse> r) { next->set_value(std::move(r)); });
+  auto next_future = Start(*client, Get(BaseUrl(*port) + "/after"));
   ASSERT_TRUE(WaitFor([&] { return held.Count() == 1; }));
   held.RespondAll(200, "ok");
   ASSERT_EQ(next_future.wait_for(seconds(10)), std::future_status::ready);

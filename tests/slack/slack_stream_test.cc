@@ -25,6 +25,7 @@
 #include "store/kv_store.h"
 #include "store/records.h"
 #include "tests/fakes/slack/slack_server.h"
+#include "tests/support/recording_delivery_listener.h"
 #include "tests/support/io_threads.h"
 #include "tests/support/temp_dir.h"
 
@@ -498,42 +499,9 @@ TEST_F(SlackStreamTest, ReplayAfterCrashEditsThePlaceholderInsteadOfPostingAgain
   EXPECT_EQ(server_.Conversation(kChannel).size(), 1u);
 }
 
-// Collects delivery receipts and, with kv set, whether the message was still in the outbox when
-// it was reported (the adapter must report before it forgets the message, so a receipt the
-// listener stores survives a crash).
-class Receipts final : public DeliveryListener {
- public:
-  void OnDelivered(const DeliveryReceipt& receipt) override {
-    bool queued = false;
-    if (kv != nullptr) {
-      auto entries = store::Outbox(*kv).Load(kPlatform);
-      for (const store::OutboxEntry& e :
-           entries.ok() ? *entries : std::vector<store::OutboxEntry>{}) {
-        queued = queued || e.id == receipt.message_id;
-      }
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    all_.push_back(receipt);
-    in_outbox_.push_back(queued);
-  }
-  std::vector<DeliveryReceipt> all() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return all_;
-  }
-  std::vector<bool> in_outbox() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return in_outbox_;
-  }
-  store::KvStore* kv = nullptr;
-
- private:
-  mutable std::mutex mu_;
-  std::vector<DeliveryReceipt> all_;
-  std::vector<bool> in_outbox_;
-};
 
 TEST_F(SlackStreamTest, DeliveryReceiptsNameTheMessagesTs) {
-  Receipts receipts;
+  parley::testing::RecordingDeliveryListener receipts(kPlatform);
   adapter_ = MakeAdapter();
   adapter_->SetDeliveryListener(&receipts);
   // A plain post: the receipt carries the ts Slack assigned.
