@@ -7,7 +7,9 @@
 // "timestamp.body" keyed with the secret from an environment variable). Each connection rotates
 // over a few conversations of its own, so a conversation never has two requests in flight and
 // memory grows like a real chat's. Questions come from parley's own sample knowledge base
-// (config/knowledge), so the daemon answers them rather than abstaining.
+// (config/knowledge), so the daemon answers them rather than abstaining; each is drawn at random
+// (a fixed seed per connection), so a conversation's follow-ups meet every combination of
+// earlier questions rather than a short cycle.
 //
 // Bounded: stops issuing at the end of the duration, gives in-flight requests at most the request
 // timeout to finish, then exits. Only loopback hosts are accepted.
@@ -34,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -190,7 +193,12 @@ struct Run {
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(asio::io_context& io, Run& run, int id)
-      : strand_(asio::make_strand(io)), socket_(strand_), timer_(strand_), run_(run), id_(id) {}
+      : strand_(asio::make_strand(io)),
+        socket_(strand_),
+        timer_(strand_),
+        run_(run),
+        id_(id),
+        random_(static_cast<std::mt19937::result_type>(id) + 1) {}
 
   void Start() {
     asio::post(strand_, [self = shared_from_this()] { self->Connect(); });
@@ -221,8 +229,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void BuildRequest() {
     const int k = static_cast<int>(sequence_ % static_cast<uint64_t>(
                                                    run_.options.conversations_per_connection));
-    const size_t q = static_cast<size_t>((sequence_ * 7 + static_cast<uint64_t>(id_)) %
-                                         (sizeof(kQuestions) / sizeof(kQuestions[0])));
+    const size_t q = static_cast<size_t>(random_() % (sizeof(kQuestions) / sizeof(kQuestions[0])));
     ++sequence_;
     const std::string body = "{\"conversation\":" +
                              JsonString(run_.options.tag + "-c" + std::to_string(id_) + "-" +
@@ -366,6 +373,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Run& run_;
   const int id_;
   uint64_t sequence_ = 0;
+  std::mt19937 random_;
   uint64_t request_id_ = 0;
   uint64_t done_id_ = 0;
   bool timed_out_ = false;

@@ -543,7 +543,10 @@ int Main(int argc, char** argv) {
     Progress("xapian: ingest");
     const std::string dir = tmp + "/xapian";
     const auto start = Clock::now();
-    auto opened = knowledge::KnowledgeIndex::Open(dir);
+    // The result cache is off: every round must search, as FTS5 does.
+    knowledge::IndexOptions no_cache;
+    no_cache.cache_bytes = 0;
+    auto opened = knowledge::KnowledgeIndex::Open(dir, no_cache);
     if (!opened.ok()) Die("KnowledgeIndex::Open: " + opened.status().ToString());
     std::unique_ptr<knowledge::KnowledgeIndex> index = std::move(opened).value();
     auto report = index->Ingest({knowledge::SourceSpec{o.corpus, {}, ""}}, chunk_options);

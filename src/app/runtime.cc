@@ -139,7 +139,15 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   if (!kv.ok()) return kv.status();
   rt->kv = std::move(kv.value());
   rt->committer = std::make_unique<store::Committer>(*rt->kv);
-  auto index = knowledge::KnowledgeIndex::Open(IndexPath(config));
+  knowledge::IndexOptions index_options;
+  index_options.cache_bytes = static_cast<size_t>(config.knowledge.cache_mb) << 20;
+  index_options.cache_hits = &rt->metrics.GetCounter(
+      "parley_retrieval_cache_total", "Retrievals answered from the result cache, or searched",
+      "result=\"hit\"");
+  index_options.cache_misses = &rt->metrics.GetCounter(
+      "parley_retrieval_cache_total", "Retrievals answered from the result cache, or searched",
+      "result=\"miss\"");
+  auto index = knowledge::KnowledgeIndex::Open(IndexPath(config), index_options);
   if (!index.ok()) return index.status();
   rt->index = std::move(index.value());
   const Clock& clock = SystemClock::Instance();

@@ -947,6 +947,7 @@ class Parser {
                             uint32_t line) { ReadGrants(n, key, line); }},
           {"chunk_target_chars", IntField(&c.knowledge.chunk_target_chars, 1, 1'000'000)},
           {"chunk_max_chars", IntField(&c.knowledge.chunk_max_chars, 1, 10'000'000)},
+          {"cache_mb", IntField(&c.knowledge.cache_mb, 0, 4096)},
       };
     }
     if (name == "engine") {

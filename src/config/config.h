@@ -59,6 +59,7 @@ struct KnowledgeConfig {
   std::vector<AccessGrant> grants;
   int chunk_target_chars = 1200;  // chunks are cut near this size at paragraph boundaries
   int chunk_max_chars = 3000;     // hard cap, except inside code blocks and table rows
+  int cache_mb = 8;               // remembered retrieval results and decoded chunks; 0 = off
 };
 
 struct EngineConfig {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/message.h"
+#include "core/metrics.h"
 #include "core/status.h"
 
 namespace parley::knowledge {
@@ -85,13 +86,23 @@ struct Passage {
                           // most); below ~0.35 the knowledge base most likely has no answer.
 };
 
+struct IndexOptions {
+  // Memory for recent retrieval results: a question asked again with the same context, access
+  // tags and limit, while the index is unchanged, is answered from memory without searching. Half
+  // holds the results (question, context and passage ids), half the decoded chunks. 0 = off.
+  size_t cache_bytes = 8 << 20;
+  Counter* cache_hits = nullptr;    // counted when set; must outlive the index
+  Counter* cache_misses = nullptr;  // (searches while the cache is on)
+};
+
 // Thread-safety: Retrieve is thread-safe and may run concurrently on many threads; Ingest is
 // serialised internally and readers see its result atomically once it commits.
 class KnowledgeIndex {
  public:
   // Opens (creating if missing) the index in `directory`. A directory that holds something else,
   // or a corrupt index, gives an error status (Corruption, IoError, FailedPrecondition).
-  static Result<std::unique_ptr<KnowledgeIndex>> Open(const std::string& directory);
+  static Result<std::unique_ptr<KnowledgeIndex>> Open(const std::string& directory,
+                                                      const IndexOptions& options = {});
   virtual ~KnowledgeIndex() = default;
 
   // Brings the index in line with the sources: indexes new and changed files, removes chunks of

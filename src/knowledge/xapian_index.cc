@@ -13,6 +13,11 @@
 // none of them thread-safe) from a mutex-protected free list and returns it afterwards; a reader
 // reopen()s when an Ingest in this process has committed since its last use (generation counter),
 // or at most once a second to pick up commits by another process.
+//
+// Cache (IndexOptions::cache_bytes): results are remembered per (question, context, access tags,
+// limit) as passage ids with their score and confidence, and chunks are remembered decoded, both
+// for one database revision: a reader at a newer revision empties the cache, one at an older
+// revision (just before an Ingest became visible to it) neither reads nor fills it.
 
 #include <xapian.h>
 
@@ -23,6 +28,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -31,6 +37,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/lru.h"
 #include "core/percent.h"
 #include "knowledge/analyzer.h"
 #include "knowledge/knowledge.h"
@@ -391,7 +398,11 @@ Xapian::Query TermsQuery(const std::vector<std::string>& terms) {
 
 class XapianKnowledgeIndex final : public KnowledgeIndex {
  public:
-  explicit XapianKnowledgeIndex(std::string directory) : directory_(std::move(directory)) {}
+  XapianKnowledgeIndex(std::string directory, const IndexOptions& options)
+      : directory_(std::move(directory)),
+        options_(options),
+        cached_results_(options.cache_bytes / 2),
+        cached_chunks_(options.cache_bytes / 2) {}
 
   // Creates the database if needed and checks that it can be read.
   Status Init() {
@@ -453,7 +464,10 @@ class XapianKnowledgeIndex final : public KnowledgeIndex {
                                         size_t limit) override {
     if (limit == 0) return std::vector<Passage>();
     try {
-      return WithReader([&](Reader& r) { return Search(r, query, access, limit); });
+      if (options_.cache_bytes == 0) {
+        return WithReader([&](Reader& r) { return Search(r, query, access, limit, nullptr); });
+      }
+      return WithReader([&](Reader& r) { return CachedSearch(r, query, access, limit); });
     } catch (const Xapian::Error& e) {
       return FromXapian(e, "retrieve from " + directory_);
     } catch (const std::exception& e) {
@@ -715,8 +729,120 @@ class XapianKnowledgeIndex final : public KnowledgeIndex {
     double factor;
   };
 
-  std::vector<Passage> Search(Reader& r, const RetrievalQuery& query, const AccessFilter& access,
+  // --- cache ---------------------------------------------------------------------------------
+
+  // One passage of a remembered result.
+  struct CachedHit {
+    Xapian::docid docid;
+    double score;
+    double confidence;
+  };
+
+  static std::string CacheKey(const RetrievalQuery& query, const AccessFilter& access,
                               size_t limit) {
+    std::string key = std::to_string(limit);
+    for (const std::string& tag : access.tags) key += '\x1f' + tag;
+    key += '\x1e';
+    key += query.text;
+    key += '\x1e';
+    key += query.context;
+    return key;
+  }
+
+  static std::string ChunkKey(Xapian::docid docid) { return std::to_string(docid); }
+
+  static size_t ChunkBytes(const Chunk& c) {
+    size_t n = sizeof(Chunk) + c.title.size() + c.source.size() + c.anchor.size() + c.url.size() +
+               c.text.size();
+    for (const std::string& h : c.heading_path) n += sizeof(std::string) + h.size();
+    for (const std::string& t : c.tags) n += sizeof(std::string) + t.size();
+    return n;
+  }
+
+  // Whether the cache may be used at `revision`: a newer revision than the cache's empties it;
+  // an older one may not use it. Call with cache_mu_ held.
+  bool CacheUsableAt(Xapian::rev revision) {
+    if (revision > cache_revision_ || !cache_revision_known_) {
+      cached_results_.Clear();
+      cached_chunks_.Clear();
+      cache_revision_ = revision;
+      cache_revision_known_ = true;
+    }
+    return revision == cache_revision_;
+  }
+
+  std::vector<Passage> CachedSearch(Reader& r, const RetrievalQuery& query,
+                                    const AccessFilter& access, size_t limit) {
+    const Xapian::rev revision = r.db.get_revision();
+    std::string key = CacheKey(query, access, limit);
+    std::vector<CachedHit> hits;
+    std::vector<std::shared_ptr<const Chunk>> chunks;
+    bool found = false;
+    bool usable = false;
+    {
+      std::lock_guard<std::mutex> lock(cache_mu_);
+      usable = CacheUsableAt(revision);
+      if (usable) {
+        if (const std::vector<CachedHit>* cached = cached_results_.Find(key)) {
+          found = true;
+          hits = *cached;
+          for (const CachedHit& hit : hits) {
+            auto* chunk = cached_chunks_.Find(ChunkKey(hit.docid));
+            chunks.push_back(chunk != nullptr ? *chunk : nullptr);
+          }
+        }
+      }
+    }
+    if (!found) {
+      if (options_.cache_misses != nullptr) options_.cache_misses->Add();
+      std::vector<std::shared_ptr<const Chunk>> decoded;
+      std::vector<Passage> passages = Search(r, query, access, limit, &hits);
+      if (!usable) return passages;
+      decoded.reserve(passages.size());
+      for (const Passage& p : passages) decoded.push_back(std::make_shared<const Chunk>(p.chunk));
+      const size_t bytes = hits.size() * sizeof(CachedHit);
+      std::lock_guard<std::mutex> lock(cache_mu_);
+      if (!CacheUsableAt(revision)) return passages;
+      for (size_t i = 0; i < decoded.size(); ++i) {
+        const size_t chunk_bytes = ChunkBytes(*decoded[i]);
+        cached_chunks_.Put(ChunkKey(hits[i].docid), std::move(decoded[i]), chunk_bytes);
+      }
+      cached_results_.Put(std::move(key), std::move(hits), bytes);
+      return passages;
+    }
+    if (options_.cache_hits != nullptr) options_.cache_hits->Add();
+    std::vector<Passage> passages;
+    passages.reserve(hits.size());
+    std::vector<std::pair<Xapian::docid, std::shared_ptr<const Chunk>>> loaded;
+    for (size_t i = 0; i < hits.size(); ++i) {
+      Passage p;
+      if (chunks[i] != nullptr) {
+        p.chunk = *chunks[i];
+      } else {
+        p.chunk = ChunkFromData(r.db.get_document(hits[i].docid).get_data());
+        loaded.emplace_back(hits[i].docid, std::make_shared<const Chunk>(p.chunk));
+      }
+      p.score = hits[i].score;
+      p.confidence = hits[i].confidence;
+      passages.push_back(std::move(p));
+    }
+    if (!loaded.empty()) {
+      std::lock_guard<std::mutex> lock(cache_mu_);
+      if (CacheUsableAt(revision)) {
+        for (auto& [docid, chunk] : loaded) {
+          const size_t chunk_bytes = ChunkBytes(*chunk);
+          cached_chunks_.Put(ChunkKey(docid), std::move(chunk), chunk_bytes);
+        }
+      }
+    }
+    return passages;
+  }
+
+  // --- search ----------------------------------------------------------------------------------
+
+  // The best `limit` passages; their ids, scores and confidences also go to `hits` when set.
+  std::vector<Passage> Search(Reader& r, const RetrievalQuery& query, const AccessFilter& access,
+                              size_t limit, std::vector<CachedHit>* hits) {
     std::vector<Passage> passages;
     std::vector<std::string> question_terms;
     std::vector<std::string> corrected_terms;  // typo corrections, added to the query
@@ -780,6 +906,7 @@ class XapianKnowledgeIndex final : public KnowledgeIndex {
       p.chunk = ChunkFromData(it.get_document().get_data());
       p.score = it.get_weight();
       p.confidence = coverage[index];
+      if (hits != nullptr) hits->push_back(CachedHit{*it, p.score, p.confidence});
       passages.push_back(std::move(p));
     }
     return passages;
@@ -931,6 +1058,12 @@ class XapianKnowledgeIndex final : public KnowledgeIndex {
   }
 
   const std::string directory_;
+  const IndexOptions options_;
+  std::mutex cache_mu_;
+  bool cache_revision_known_ = false;
+  Xapian::rev cache_revision_ = 0;
+  LruMap<std::vector<CachedHit>> cached_results_;        // CacheKey -> passages
+  LruMap<std::shared_ptr<const Chunk>> cached_chunks_;  // ChunkKey -> decoded chunk
   std::mutex ingest_mu_;
   std::atomic<uint64_t> generation_{0};
   std::mutex pool_mu_;
@@ -939,8 +1072,9 @@ class XapianKnowledgeIndex final : public KnowledgeIndex {
 
 }  // namespace
 
-Result<std::unique_ptr<KnowledgeIndex>> KnowledgeIndex::Open(const std::string& directory) {
-  auto index = std::make_unique<XapianKnowledgeIndex>(directory);
+Result<std::unique_ptr<KnowledgeIndex>> KnowledgeIndex::Open(const std::string& directory,
+                                                             const IndexOptions& options) {
+  auto index = std::make_unique<XapianKnowledgeIndex>(directory, options);
   Status s = index->Init();
   if (!s.ok()) return s;
   return std::unique_ptr<KnowledgeIndex>(std::move(index));

@@ -87,6 +87,7 @@ TEST(ConfigTest, DefaultsFromMinimalFile) {
   EXPECT_TRUE(c.knowledge.grants.empty());
   EXPECT_EQ(c.knowledge.chunk_target_chars, 1200);
   EXPECT_EQ(c.knowledge.chunk_max_chars, 3000);
+  EXPECT_EQ(c.knowledge.cache_mb, 8);
   EXPECT_DOUBLE_EQ(c.engine.min_confidence, 0.35);
   EXPECT_EQ(c.engine.max_passages, 3);
   EXPECT_EQ(c.engine.max_answer_sentences, 3);
@@ -126,6 +127,7 @@ port_file = "/run/parley/ports.json"
 [knowledge]
 chunk_target_chars = 800
 chunk_max_chars = 2000
+cache_mb = 0
 [[knowledge.sources]]
 path = "/srv/docs/public"
 [[knowledge.sources]]
@@ -190,6 +192,7 @@ TEST(ConfigTest, EverySectionParsed) {
   EXPECT_EQ(c.server.port_file, "/run/parley/ports.json");
   EXPECT_EQ(c.knowledge.chunk_target_chars, 800);
   EXPECT_EQ(c.knowledge.chunk_max_chars, 2000);
+  EXPECT_EQ(c.knowledge.cache_mb, 0);
   ASSERT_EQ(c.knowledge.sources.size(), 2u);
   EXPECT_EQ(c.knowledge.sources[0].path, "/srv/docs/public");
   EXPECT_TRUE(c.knowledge.sources[0].tags.empty());
@@ -438,6 +441,7 @@ TEST(ConfigTest, RangeChecks) {
        "server.listen: invalid port \"65536\" in \"127.0.0.1:65536\" (expected 0..65535)"},
       {"[knowledge]\nchunk_target_chars = 0",
        "knowledge.chunk_target_chars: must be between 1 and 1000000, got 0"},
+      {"[knowledge]\ncache_mb = -1", "knowledge.cache_mb: must be between 0 and 4096, got -1"},
       {"[engine]\nmin_confidence = 1.5", "engine.min_confidence: must be between 0 and 1, got 1.5"},
       {"[engine]\nmin_confidence = -0.1",
        "engine.min_confidence: must be between 0 and 1, got -0.1"},

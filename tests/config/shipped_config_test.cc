@@ -103,6 +103,7 @@ const std::set<std::string> kAllKeys = {
     "server.port_file",
     "knowledge.chunk_target_chars",
     "knowledge.chunk_max_chars",
+    "knowledge.cache_mb",
     "knowledge.sources.path",
     "knowledge.sources.tags",
     "knowledge.sources.url_base",
@@ -308,6 +309,7 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.server.port_file, d.server.port_file);
   EXPECT_EQ(c.knowledge.chunk_target_chars, d.knowledge.chunk_target_chars);
   EXPECT_EQ(c.knowledge.chunk_max_chars, d.knowledge.chunk_max_chars);
+  EXPECT_EQ(c.knowledge.cache_mb, d.knowledge.cache_mb);
   EXPECT_DOUBLE_EQ(c.engine.min_confidence, d.engine.min_confidence);
   EXPECT_EQ(c.engine.max_passages, d.engine.max_passages);
   EXPECT_EQ(c.engine.max_answer_sentences, d.engine.max_answer_sentences);

@@ -486,5 +486,152 @@ TEST_F(IndexTest, LockedIndexReturnsUnavailable) {
   EXPECT_EQ(report->files_indexed, 1u);
 }
 
+// --- the result cache -----------------------------------------------------------------------
+
+class IndexCacheTest : public IndexTest {
+ protected:
+  std::unique_ptr<KnowledgeIndex> OpenCached(size_t cache_bytes = 1 << 20) {
+    IndexOptions options;
+    options.cache_bytes = cache_bytes;
+    options.cache_hits = &hits_;
+    options.cache_misses = &misses_;
+    auto opened = KnowledgeIndex::Open(index_dir_, options);
+    EXPECT_TRUE(opened.ok()) << opened.status().ToString();
+    return opened.ok() ? std::move(opened).value() : nullptr;
+  }
+
+  Counter hits_;
+  Counter misses_;
+};
+
+TEST_F(IndexCacheTest, AQuestionAskedAgainIsAnsweredFromTheCacheWithTheSamePassages) {
+  ASSERT_TRUE(WriteFile(docs_ + "/a.md", "# Ferrets\n\nFerrets sleep fourteen hours a day.\n"));
+  ASSERT_TRUE(WriteFile(docs_ + "/b.md", "# Otters\n\nOtters hold hands while sleeping.\n"));
+  auto index = OpenCached();
+  ASSERT_TRUE(index);
+  ASSERT_TRUE(index->Ingest({SourceSpec{docs_, {}, "https://docs.example/"}}, ChunkOptions{}).ok());
+
+  const auto first = Ask(*index, "how long do ferrets sleep", {}, "otters");
+  ASSERT_FALSE(first.empty());
+  EXPECT_EQ(hits_.value(), 0u);
+  EXPECT_EQ(misses_.value(), 1u);
+  const auto second = Ask(*index, "how long do ferrets sleep", {}, "otters");
+  EXPECT_EQ(hits_.value(), 1u);
+  ASSERT_EQ(second.size(), first.size());
+  for (size_t i = 0; i < first.size(); ++i) {
+    EXPECT_EQ(second[i].chunk.source, first[i].chunk.source);
+    EXPECT_EQ(second[i].chunk.text, first[i].chunk.text);
+    EXPECT_EQ(second[i].chunk.url, first[i].chunk.url);
+    EXPECT_EQ(second[i].chunk.heading_path, first[i].chunk.heading_path);
+    EXPECT_DOUBLE_EQ(second[i].score, first[i].score);
+    EXPECT_DOUBLE_EQ(second[i].confidence, first[i].confidence);
+  }
+  // Anything else about the question is another entry: its context, its limit, its text.
+  Ask(*index, "how long do ferrets sleep", {}, "");
+  Ask(*index, "how long do ferrets sleep", {}, "otters", 1);
+  Ask(*index, "How long do ferrets sleep", {}, "otters");
+  EXPECT_EQ(hits_.value(), 1u);
+  EXPECT_EQ(misses_.value(), 4u);
+}
+
+TEST_F(IndexCacheTest, RestrictedPassagesNeverReachAnotherAccessThroughTheCache) {
+  ASSERT_TRUE(WriteFile(docs_ + "/public/faq.md", "# FAQ\n\nOpening hours and the refund form.\n"));
+  ASSERT_TRUE(WriteFile(docs_ + "/internal/runbook.md",
+                        "# Runbook\n\nThe refund override password procedure for staff.\n"));
+  auto index = OpenCached();
+  ASSERT_TRUE(index);
+  ASSERT_TRUE(index
+                  ->Ingest({SourceSpec{docs_ + "/public", {}, ""},
+                            SourceSpec{docs_ + "/internal", {"staff"}, ""}},
+                           ChunkOptions{})
+                  .ok());
+  const auto staff = Ask(*index, "refund override password", {"staff"});
+  ASSERT_TRUE(AnyFrom(staff, "runbook.md"));
+  for (int round = 0; round < 2; ++round) {
+    for (const Passage& p : Ask(*index, "refund override password", {})) {
+      EXPECT_TRUE(p.chunk.tags.empty()) << "leaked " << p.chunk.source;
+    }
+  }
+  EXPECT_TRUE(AnyFrom(Ask(*index, "refund override password", {"staff"}), "runbook.md"));
+  EXPECT_EQ(hits_.value(), 2u);
+}
+
+TEST_F(IndexCacheTest, AnIngestMakesTheCacheForgetWhatItAnswered) {
+  ASSERT_TRUE(WriteFile(docs_ + "/a.md", "# Kettles\n\nDescale the kettle with vinegar.\n"));
+  auto index = OpenCached();
+  ASSERT_TRUE(index);
+  ASSERT_TRUE(index->Ingest({SourceSpec{docs_, {}, ""}}, ChunkOptions{}).ok());
+  auto before = Ask(*index, "descale kettle");
+  ASSERT_EQ(before.size(), 1u);
+  EXPECT_NE(before[0].chunk.text.find("vinegar"), std::string::npos);
+  Ask(*index, "descale kettle");
+  EXPECT_EQ(hits_.value(), 1u);
+
+  ASSERT_TRUE(WriteFile(docs_ + "/a.md", "# Kettles\n\nDescale the kettle with citric acid.\n"));
+  ASSERT_TRUE(index->Ingest({SourceSpec{docs_, {}, ""}}, ChunkOptions{}).ok());
+  auto after = Ask(*index, "descale kettle");
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_NE(after[0].chunk.text.find("citric acid"), std::string::npos) << after[0].chunk.text;
+  EXPECT_EQ(hits_.value(), 1u);
+}
+
+TEST_F(IndexCacheTest, ACommitByAnotherWriterIsSeenWithinTheReopenInterval) {
+  ASSERT_TRUE(WriteFile(docs_ + "/a.md", "# Kettles\n\nDescale the kettle with vinegar.\n"));
+  auto index = OpenCached();
+  ASSERT_TRUE(index);
+  ASSERT_TRUE(index->Ingest({SourceSpec{docs_, {}, ""}}, ChunkOptions{}).ok());
+  ASSERT_EQ(Ask(*index, "descale kettle").size(), 1u);
+  Ask(*index, "descale kettle");
+  ASSERT_EQ(hits_.value(), 1u);
+
+  // Another handle on the same directory (as another process would) changes the file's chunk.
+  ASSERT_TRUE(WriteFile(docs_ + "/a.md", "# Kettles\n\nDescale the kettle with citric acid.\n"));
+  auto other = OpenIndex(index_dir_);
+  ASSERT_TRUE(other);
+  ASSERT_TRUE(other->Ingest({SourceSpec{docs_, {}, ""}}, ChunkOptions{}).ok());
+  other.reset();
+
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool updated = false;
+  while (!updated && std::chrono::steady_clock::now() < deadline) {
+    auto passages = Ask(*index, "descale kettle");
+    updated = passages.size() == 1 && passages[0].chunk.text.find("citric") != std::string::npos;
+    if (!updated) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(updated) << "the cache kept answering from the old revision";
+}
+
+TEST_F(IndexCacheTest, ABudgetOfZeroTurnsTheCacheOff) {
+  ASSERT_TRUE(WriteFile(docs_ + "/a.md", "# Kettles\n\nDescale the kettle with vinegar.\n"));
+  auto index = OpenCached(0);
+  ASSERT_TRUE(index);
+  ASSERT_TRUE(index->Ingest({SourceSpec{docs_, {}, ""}}, ChunkOptions{}).ok());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Ask(*index, "descale kettle").size(), 1u);
+  EXPECT_EQ(hits_.value(), 0u);
+  EXPECT_EQ(misses_.value(), 0u);
+}
+
+TEST_F(IndexCacheTest, ResultsBeyondTheBudgetAreSearchedAgain) {
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(WriteFile(docs_ + "/f" + std::to_string(i) + ".md",
+                          "# Topic " + std::to_string(i) + "\n\nword" + std::to_string(i) +
+                              " explained at length.\n"));
+  }
+  // Room for a few results and their chunks only.
+  auto index = OpenCached(4096);
+  ASSERT_TRUE(index);
+  ASSERT_TRUE(index->Ingest({SourceSpec{docs_, {}, ""}}, ChunkOptions{}).ok());
+  for (int i = 0; i < 40; ++i) ASSERT_FALSE(Ask(*index, "word" + std::to_string(i)).empty());
+  EXPECT_EQ(misses_.value(), 40u);
+  // The most recent question is still there; the first one was dropped to make room.
+  ASSERT_FALSE(Ask(*index, "word39").empty());
+  EXPECT_EQ(hits_.value(), 1u);
+  auto first = Ask(*index, "word0");
+  ASSERT_FALSE(first.empty());
+  EXPECT_EQ(first[0].chunk.source, "f0.md");
+  EXPECT_EQ(hits_.value(), 1u);
+  EXPECT_EQ(misses_.value(), 41u);
+}
+
 }  // namespace
 }  // namespace parley::knowledge
