@@ -1,6 +1,7 @@
 #include "engine/router.h"
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -14,6 +15,20 @@ bool IsBlank(const std::string& s) {
 }
 
 }  // namespace
+
+struct Router::Intake {
+  explicit Intake(boost::asio::io_context& io) : timer(io) {}
+  enum class State {
+    kDeferred,  // nothing written yet; the turn's commit may make the message durable
+    kRecorded,  // the grace ended first: the inbox record is (being) written
+    kCommitted  // the turn's commit makes the message durable; no record is written
+  };
+  std::mutex mu;
+  State state = State::kDeferred;
+  InboundMessage message;  // a copy, for the record
+  std::function<void(IntakeResult)> accepted;
+  boost::asio::steady_timer timer;
+};
 
 Router::Router(boost::asio::io_context& io, Engine& engine, store::KvStore& kv,
                store::Committer& committer, ReplySink& sink, const Clock& clock,
@@ -30,6 +45,7 @@ Router::Router(boost::asio::io_context& io, Engine& engine, store::KvStore& kv,
       user_limiter_(clock, options.policy.user_rate_per_minute, options.policy.user_burst),
       conversation_limiter_(clock, options.policy.conversation_rate_per_minute,
                             options.policy.conversation_burst),
+      intake_grace_ms_(options.intake_grace_ms),
       metrics_(metrics),
       store_seconds_(metrics.GetHistogram("parley_stage_seconds",
                                           "Latency of turn stages in seconds", "stage=\"store\"")),
@@ -80,12 +96,47 @@ void Router::OnInbound(InboundMessage message, IntakeOptions options,
       .GetCounter("parley_messages_in_total", "Messages accepted for a turn, per adapter",
                   "adapter=\"" + message.platform + "\"")
       .Add();
-  Job job{std::move(message), options.durable, MonotonicNanos()};
+  Job job{std::move(message), options.durable, MonotonicNanos(), nullptr};
   if (!options.durable) {
     if (accepted) accepted(IntakeResult{Status::Ok(), 0});
     Enqueue(std::move(job));
     return;
   }
+  if (intake_grace_ms_ <= 0) return RecordThenEnqueue(std::move(job), std::move(accepted));
+  auto intake = std::make_shared<Intake>(io_);
+  intake->message = job.message;
+  intake->accepted = std::move(accepted);
+  job.intake = intake;
+  intake->timer.expires_after(std::chrono::milliseconds(intake_grace_ms_));
+  intake->timer.async_wait([this, intake](boost::system::error_code ec) {
+    if (!ec) RecordIntake(intake);
+  });
+  Enqueue(std::move(job));
+}
+
+void Router::RecordIntake(const std::shared_ptr<Intake>& intake) {
+  std::lock_guard<std::mutex> lock(intake->mu);
+  if (intake->state != Intake::State::kDeferred) return;
+  intake->state = Intake::State::kRecorded;
+  store::WriteBatch batch;
+  inbox_.Add(batch, intake->message);
+  // Submitted under the lock: a commit of the turn that sees kRecorded queues its removal of
+  // the record behind this write.
+  committer_.Submit(std::move(batch), [intake](Status status) {
+    if (!status.ok()) {
+      // The turn goes on (its own commit will most likely fail too and say so to the user).
+      spdlog::error("intake.error conv={} error=\"{}\"",
+                    intake->message.conversation().Display(), status.ToString());
+    }
+    std::function<void(IntakeResult)> accepted = std::move(intake->accepted);
+    if (accepted) {
+      accepted(status.ok() ? IntakeResult{Status::Ok(), 0}
+                           : IntakeResult{Status::Unavailable("store write failed"), 0});
+    }
+  });
+}
+
+void Router::RecordThenEnqueue(Job job, std::function<void(IntakeResult)> accepted) {
   store::WriteBatch batch;
   inbox_.Add(batch, job.message);
   auto shared_job = std::make_shared<Job>(std::move(job));
@@ -119,7 +170,7 @@ Result<size_t> Router::ReplayInbox() {
     spdlog::info("inbox.replay conv={} event={}", message.conversation().Display(),
                  message.event_id);
     in_flight_.fetch_add(1);
-    Enqueue(Job{std::move(message), true, MonotonicNanos()});
+    Enqueue(Job{std::move(message), true, MonotonicNanos(), nullptr});
   }
   return pending->size();
 }
@@ -169,7 +220,21 @@ void Router::Commit(const std::string& key, Job* job, const std::string& turn_id
   const InboundMessage& message = job->message;
   store::WriteBatch batch = std::move(out.writes);
   if (out.outcome != "error") dedupe_.Record(batch, message.platform, message.event_id);
-  if (job->durable) inbox_.Remove(batch, message);
+  // A deferred intake is settled here: this commit makes the message durable, unless its grace
+  // ended first and the inbox record exists (then this commit removes it).
+  std::shared_ptr<Intake> intake;
+  bool record_exists = job->durable;
+  if (job->intake != nullptr) {
+    std::lock_guard<std::mutex> lock(job->intake->mu);
+    if (job->intake->state == Intake::State::kDeferred) {
+      job->intake->state = Intake::State::kCommitted;
+      job->intake->timer.cancel();
+      intake = job->intake;
+      record_exists = false;
+    }
+  }
+  job->intake.reset();
+  if (record_exists) inbox_.Remove(batch, message);
   if (!message.reply_route.empty()) {
     routes_.Set(batch, message.conversation(), message.reply_route);
   }
@@ -206,6 +271,12 @@ void Router::Commit(const std::string& key, Job* job, const std::string& turn_id
       } else if (!status.ok()) {
         spdlog::error("turn.error turn={} conv={} stage=store error=\"{}\"", turn_id,
                       conv_display, status.ToString());
+      }
+      if (intake != nullptr && intake->accepted) {
+        // Durable with this write (or not, when it failed), before the reply goes out.
+        intake->accepted(status.ok() ? IntakeResult{Status::Ok(), 0}
+                                     : IntakeResult{Status::Unavailable("store write failed"), 0});
+        intake->accepted = nullptr;
       }
       total_seconds_.ObserveNanos(now - accepted_nanos);
       metrics_

@@ -4,6 +4,15 @@
 // run in order while different conversations run in parallel on the io threads. Each finished turn
 // is committed (memory, dedupe mark, inbox removal, outbox entry) in one atomic synced write
 // before its reply is sent.
+//
+// Durable intake: a message accepted durably starts its turn at once. When the turn is committed
+// within RouterOptions::intake_grace_ms, that one synced write (which records the event as
+// answered and the reply in the outbox) is also what makes the message durable: `accepted` runs
+// once it is on disk, just before the reply goes to the sink, and no inbox record is ever
+// written. A turn still running when the grace ends (an LLM answer, a queue behind a busy
+// conversation) gets its inbox record then, in a synced write of its own, and `accepted` runs
+// when that is on disk; its commit later removes the record. Either way `accepted` means what it
+// always meant: a crash from then on loses nothing (the turn is replayed, or was answered).
 // Thread-safety: thread-safe.
 
 #include <atomic>
@@ -31,6 +40,9 @@ namespace parley::engine {
 struct RouterOptions {
   config::PolicyConfig policy;
   int64_t dedupe_ttl_ms = 48LL * 3600 * 1000;
+  // How long a durably accepted message may wait for its turn's commit before its inbox record
+  // is written on its own (see above). 0 = write the record at once, before the turn starts.
+  int64_t intake_grace_ms = 50;
 };
 
 class Router final : public InboundSink {
@@ -59,11 +71,18 @@ class Router final : public InboundSink {
   size_t InFlight() const { return in_flight_.load(); }
 
  private:
+  // A durably accepted message whose inbox record is written only if its turn is slow.
+  struct Intake;
   struct Job {
     InboundMessage message;
-    bool durable = false;
+    bool durable = false;  // an inbox record exists or may be written
     int64_t accepted_nanos = 0;
+    std::shared_ptr<Intake> intake;  // while the record is deferred; null otherwise
   };
+  // Writes the inbox record of a message whose grace ended before its turn was committed.
+  void RecordIntake(const std::shared_ptr<Intake>& intake);
+  // Writes the inbox record now; the job is enqueued once it is durable (intake_grace_ms = 0).
+  void RecordThenEnqueue(Job job, std::function<void(IntakeResult)> accepted);
   void Enqueue(Job job);
   void DrainOne(std::string key);
   // Records the finished turn in one atomic write, then hands the reply to the sink.
@@ -83,6 +102,7 @@ class Router final : public InboundSink {
   store::RouteBook routes_;
   net::KeyedRateLimiter user_limiter_;
   net::KeyedRateLimiter conversation_limiter_;
+  const int64_t intake_grace_ms_;
 
   std::mutex mu_;
   std::map<std::string, std::deque<Job>> queues_;  // conversations with queued or running turns

@@ -67,6 +67,17 @@ class LevelDbStore final : public KvStore {
   Status ScanReverse(std::string_view prefix, const ScanVisitor& visit) override {
     leveldb::ReadOptions options;
     std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(options));
+    // Nothing under the prefix (a new conversation, say): one forward seek says so. Stepping
+    // backwards is the expensive move of a LevelDB iterator (every level re-seeks), so it is only
+    // made when there is something to read.
+    it->Seek(leveldb::Slice(prefix.data(), prefix.size()));
+    if (!it->Valid()) return FromLevelDb(it->status());
+    {
+      leveldb::Slice first = it->key();
+      if (std::string_view(first.data(), first.size()).substr(0, prefix.size()) != prefix) {
+        return FromLevelDb(it->status());
+      }
+    }
     // Position after the last key with the prefix: the prefix followed by 0xff bytes sorts above
     // every key we write (keys are text).
     std::string upper(prefix);

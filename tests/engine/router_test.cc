@@ -256,5 +256,104 @@ TEST_F(RouterTest, ShutdownWaitsForTurnsInFlight) {
             Status::Code::kUnavailable);
 }
 
+// Holds every turn in BeforeTurn until released (the bot then answers as usual).
+class GateHooks final : public TurnHooks {
+ public:
+  bool BeforeTurn(const InboundMessage&) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(20), [&] { return open_; });
+    return false;
+  }
+  void AfterTurn(const InboundMessage&, TurnOutput&) override {}
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+class RouterIntakeTest : public RouterTest {
+ protected:
+  void Rebuild(int64_t grace_ms) {
+    RouterOptions options;
+    options.intake_grace_ms = grace_ms;
+    router_ = std::make_unique<Router>(io_, *engine_, *kv_, *committer_, sink_, clock_, options,
+                                       metrics_);
+  }
+  // Submits durably; the result arrives on `accepted` (and the sink's reply count at that moment
+  // on `replies_when_accepted`).
+  void SubmitDurably(InboundMessage m) {
+    router_->OnInbound(std::move(m), IntakeOptions{true}, [this](IntakeResult r) {
+      replies_when_accepted_ = sink_.replies().size();
+      accepted_.set_value(r);
+    });
+  }
+  std::promise<IntakeResult> accepted_;
+  size_t replies_when_accepted_ = 0;
+};
+
+TEST_F(RouterIntakeTest, AFastTurnsCommitIsItsDurableIntake) {
+  Rebuild(/*grace_ms=*/60'000);
+  const uint64_t batches_before = committer_->batches();
+  InboundMessage m = Message("fast", "u", "when are refunds paid?", "f1");
+  m.reply_route = "route-f";
+  SubmitDurably(m);
+  auto accepted = accepted_.get_future();
+  ASSERT_EQ(accepted.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  EXPECT_TRUE(accepted.get().status.ok());
+  ASSERT_TRUE(sink_.WaitFor(1));
+  EXPECT_EQ(replies_when_accepted_, 0u) << "accepted must come before the reply is sent";
+  // One synced write: the turn's (answer, dedupe mark, outbox entry); no inbox record at all.
+  EXPECT_EQ(committer_->batches() - batches_before, 1u);
+  EXPECT_EQ(Count(store::keys::kInbox), 0u);
+  EXPECT_EQ(Count(store::keys::kOutbox), 1u);
+  EXPECT_EQ(Submit(m).status.code(), Status::Code::kAlreadyExists);
+}
+
+TEST_F(RouterIntakeTest, ASlowTurnGetsItsInboxRecordWhenTheGraceEnds) {
+  Rebuild(/*grace_ms=*/20);
+  GateHooks gate;
+  router_->SetHooks(&gate);
+  InboundMessage m = Message("slow", "u", "when are refunds paid?", "s1");
+  m.reply_route = "route-s";
+  SubmitDurably(m);
+  auto accepted = accepted_.get_future();
+  // Accepted while the turn is still held: the inbox record is on disk.
+  ASSERT_EQ(accepted.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  EXPECT_TRUE(accepted.get().status.ok());
+  EXPECT_EQ(Count(store::keys::kInbox), 1u);
+  EXPECT_TRUE(sink_.replies().empty());
+  // A duplicate meanwhile is refused (the event is claimed).
+  EXPECT_EQ(Submit(m).status.code(), Status::Code::kAlreadyExists);
+
+  gate.Open();
+  ASSERT_TRUE(sink_.WaitFor(1));
+  EXPECT_NE(sink_.replies()[0].text.find("fourteen days"), std::string::npos);
+  // The turn's commit removed the record (the reply is sent after the commit).
+  EXPECT_EQ(Count(store::keys::kInbox), 0u);
+  EXPECT_EQ(Count(store::keys::kOutbox), 1u);
+}
+
+TEST_F(RouterIntakeTest, AGraceOfZeroRecordsTheIntakeBeforeTheTurnStarts) {
+  Rebuild(/*grace_ms=*/0);
+  GateHooks gate;
+  router_->SetHooks(&gate);
+  SubmitDurably(Message("zero", "u", "when are refunds paid?", "z1"));
+  auto accepted = accepted_.get_future();
+  ASSERT_EQ(accepted.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  EXPECT_TRUE(accepted.get().status.ok());
+  EXPECT_EQ(Count(store::keys::kInbox), 1u);
+  gate.Open();
+  ASSERT_TRUE(sink_.WaitFor(1));
+  EXPECT_EQ(Count(store::keys::kInbox), 0u);
+}
+
 }  // namespace
 }  // namespace parley::engine
