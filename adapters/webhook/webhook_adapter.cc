@@ -253,6 +253,7 @@ void WebhookAdapter::HandleMessage(const net::HttpRequest& request, net::Respond
   m.mentions_bot = true;
   m.is_direct = true;
   m.event_id = id.empty() ? NewId() : id;
+  m.event_id_minted = id.empty();
   m.timestamp_ms = clock_.NowMs();
   m.reply_route = reply_url;
   const bool sync = reply_url.empty();

@@ -62,6 +62,7 @@ void to_json(nlohmann::json& j, const InboundMessage& m) {
                      {"timestamp_ms", m.timestamp_ms},
                      {"reply_route", m.reply_route}};
   if (m.request_human) j["request_human"] = true;
+  if (m.event_id_minted) j["event_id_minted"] = true;
 }
 
 void to_json(nlohmann::json& j, const MessageAction& a) {
@@ -90,6 +91,7 @@ void from_json(const nlohmann::json& j, InboundMessage& m) {
   m.timestamp_ms = j.value("timestamp_ms", int64_t{0});
   m.reply_route = j.value("reply_route", "");
   m.request_human = j.value("request_human", false);
+  m.event_id_minted = j.value("event_id_minted", false);
 }
 
 void to_json(nlohmann::json& j, const OutboundMessage& m) {

@@ -42,6 +42,9 @@ struct InboundMessage {
   bool mentions_bot = false;
   bool is_direct = false;
   std::string event_id;   // platform's id for de-duplication; unique per platform
+  // The adapter minted event_id itself (the platform sent none, e.g. a webhook request without
+  // "id"): it can never arrive again, so the router keeps no de-duplication record for it.
+  bool event_id_minted = false;
   int64_t timestamp_ms = 0;
   // Adapter-private routing data the engine carries through untouched to the reply (e.g. the
   // webhook's reply_url). Never interpreted outside the adapter that set it.

@@ -79,10 +79,15 @@ void Router::OnInbound(InboundMessage message, IntakeOptions options,
     return;
   }
   if (IsBlank(message.text)) return refuse(Status::InvalidArgument("empty text"), "empty");
-  if (message.event_id.empty()) message.event_id = NewId();
+  if (message.event_id.empty()) {
+    message.event_id = NewId();
+    message.event_id_minted = true;
+  }
   if (message.timestamp_ms == 0) message.timestamp_ms = clock_.NowMs();
 
-  Status claim = dedupe_.Claim(message.platform, message.event_id);
+  // A minted id cannot repeat: nothing to look up (a store read per message saved).
+  Status claim =
+      message.event_id_minted ? Status::Ok() : dedupe_.Claim(message.platform, message.event_id);
   if (!claim.ok()) {
     return refuse(claim, claim.code() == Status::Code::kAlreadyExists ? "duplicate" : "store");
   }
@@ -219,7 +224,9 @@ void Router::Commit(const std::string& key, Job* job, const std::string& turn_id
                     TurnOutput out) {
   const InboundMessage& message = job->message;
   store::WriteBatch batch = std::move(out.writes);
-  if (out.outcome != "error") dedupe_.Record(batch, message.platform, message.event_id);
+  if (out.outcome != "error" && !message.event_id_minted) {
+    dedupe_.Record(batch, message.platform, message.event_id);
+  }
   // A deferred intake is settled here: this commit makes the message durable, unless its grace
   // ended first and the inbox record exists (then this commit removes it).
   std::shared_ptr<Intake> intake;

@@ -151,6 +151,22 @@ TEST_F(RouterTest, AnswersAndRecordsTheTurn) {
   EXPECT_EQ(memory_->Recent({"test", "c1", ""}, 10, 10000)->size(), 2u);
 }
 
+TEST_F(RouterTest, OnlyPlatformEventIdsAreRecordedForDeDuplication) {
+  // An id the platform gave: recorded, and a second delivery is refused.
+  ASSERT_TRUE(Submit(Message("c1", "u1", "when are refunds paid?", "platform-1")).status.ok());
+  ASSERT_TRUE(sink_.WaitFor(1));
+  // No id at all, and one the adapter minted: answered, nothing recorded (they cannot repeat).
+  ASSERT_TRUE(Submit(Message("c2", "u1", "when are refunds paid?", "")).status.ok());
+  InboundMessage minted = Message("c3", "u1", "when are refunds paid?", "minted-1");
+  minted.event_id_minted = true;
+  ASSERT_TRUE(Submit(minted).status.ok());
+  ASSERT_TRUE(sink_.WaitFor(3));
+  committer_->Shutdown();  // drain so every turn's write is visible
+  EXPECT_EQ(Count(store::keys::kDedupe), 1u);
+  EXPECT_EQ(Submit(Message("c1", "u1", "again", "platform-1")).status.code(),
+            Status::Code::kAlreadyExists);
+}
+
 TEST_F(RouterTest, HooksTakeMessagesBeforeTheBotAndAmendItsAnswers) {
   RecordingHooks hooks;
   router_->SetHooks(&hooks);
