@@ -5,6 +5,7 @@
 #include "tests/fakes/slack/slack_server.h"
 
 #include <algorithm>
+#include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -20,7 +21,9 @@
 #include <set>
 #include <thread>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
+#include <websocketpp/concurrency/none.hpp>
 #include <websocketpp/config/asio_no_tls.hpp>
 #include <websocketpp/server.hpp>
 
@@ -29,8 +32,36 @@
 namespace parley::testing {
 namespace {
 
+// websocketpp's plain-ws server config without its locks and strands: the endpoint and its
+// connections are only ever touched on the server's one io thread (handlers run there; every
+// public method that writes to a socket posts to it or uses RunOnIo).
+struct SingleThreadWsConfig : public websocketpp::config::asio {
+  typedef SingleThreadWsConfig type;
+  typedef websocketpp::config::asio base;
+  typedef websocketpp::concurrency::none concurrency_type;
+  typedef base::request_type request_type;
+  typedef base::response_type response_type;
+  typedef base::message_type message_type;
+  typedef base::con_msg_manager_type con_msg_manager_type;
+  typedef base::endpoint_msg_manager_type endpoint_msg_manager_type;
+  typedef websocketpp::log::basic<concurrency_type, websocketpp::log::elevel> elog_type;
+  typedef websocketpp::log::basic<concurrency_type, websocketpp::log::alevel> alog_type;
+  typedef base::rng_type rng_type;
+  static bool const enable_multithreading = false;
+  struct transport_config : public base::transport_config {
+    typedef type::concurrency_type concurrency_type;
+    typedef type::alog_type alog_type;
+    typedef type::elog_type elog_type;
+    typedef type::request_type request_type;
+    typedef type::response_type response_type;
+    typedef websocketpp::transport::asio::basic_socket::endpoint socket_type;
+    static bool const enable_multithreading = false;
+  };
+  typedef websocketpp::transport::asio::endpoint<transport_config> transport_type;
+};
+
 using Json = nlohmann::json;
-using WsServer = websocketpp::server<websocketpp::config::asio>;
+using WsServer = websocketpp::server<SingleThreadWsConfig>;
 using Hdl = websocketpp::connection_hdl;
 using Clock = std::chrono::steady_clock;
 
@@ -99,6 +130,123 @@ net::HttpResponse JsonResponse(const Json& body, int status = 200) {
   return r;
 }
 
+// Appends `s` as a JSON string literal, escaped as nlohmann::json::dump() escapes it (", \\,
+// \b \f \n \r \t, other control characters as \u00xx; UTF-8 passed through), so hand-built
+// bodies read the same as dumped ones.
+void AppendJsonString(std::string& out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  size_t run = 0;  // start of the pending run of bytes that need no escape
+  for (size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(s.data() + run, i - run);
+    run = i + 1;
+    out += '\\';
+    switch (c) {
+      case '"':
+      case '\\':
+        out += static_cast<char>(c);
+        break;
+      case '\b':
+        out += 'b';
+        break;
+      case '\f':
+        out += 'f';
+        break;
+      case '\n':
+        out += 'n';
+        break;
+      case '\r':
+        out += 'r';
+        break;
+      case '\t':
+        out += 't';
+        break;
+      default:
+        out += "u00";
+        out += kHex[c >> 4];
+        out += kHex[c & 0xF];
+    }
+  }
+  out.append(s.data() + run, s.size() - run);
+  out += '"';
+}
+
+// For a JSON text the parser accepted as an object: the raw text of the values of its top-level
+// members "blocks" and "metadata" (the last of each, as the parser keeps the last). Both empty
+// when a member name uses escapes (the caller then serialises the parsed values instead).
+struct RawBlocksAndMetadata {
+  std::string_view blocks;
+  std::string_view metadata;
+};
+RawBlocksAndMetadata FindRawBlocksAndMetadata(std::string_view json) {
+  const size_t n = json.size();
+  size_t i = 0;
+  auto skip_ws = [&] {
+    while (i < n && (json[i] == ' ' || json[i] == '\t' || json[i] == '\n' || json[i] == '\r')) ++i;
+  };
+  auto skip_string = [&] {  // at the opening quote; false when unterminated
+    ++i;
+    while (true) {
+      i = json.find_first_of("\"\\", i);
+      if (i == std::string_view::npos) return false;
+      if (json[i] == '"') break;
+      i += 2;  // the backslash and the escaped character
+    }
+    ++i;
+    return true;
+  };
+  skip_ws();
+  if (i >= n || json[i] != '{') return {};
+  ++i;
+  RawBlocksAndMetadata found;
+  while (true) {
+    skip_ws();
+    if (i < n && json[i] == ',') {
+      ++i;
+      skip_ws();
+    }
+    if (i >= n) return {};
+    if (json[i] == '}') return found;
+    if (json[i] != '"') return {};
+    const size_t name_start = i + 1;
+    if (!skip_string()) return {};
+    const std::string_view name = json.substr(name_start, i - 1 - name_start);
+    if (name.find('\\') != std::string_view::npos) return {};
+    skip_ws();
+    if (i >= n || json[i] != ':') return {};
+    ++i;
+    skip_ws();
+    if (i >= n) return {};
+    const size_t value_start = i;
+    if (json[i] == '"') {
+      if (!skip_string()) return {};
+    } else if (json[i] == '{' || json[i] == '[') {
+      int depth = 0;
+      while (true) {
+        i = json.find_first_of("\"{}[]", i);
+        if (i == std::string_view::npos) return {};
+        const char c = json[i];
+        if (c == '"') {
+          if (!skip_string()) return {};
+          continue;
+        }
+        ++i;
+        if (c == '{' || c == '[') ++depth;
+        if ((c == '}' || c == ']') && --depth == 0) break;
+      }
+    } else {
+      while (i < n && json[i] != ',' && json[i] != '}' && json[i] != ' ' && json[i] != '\t' &&
+             json[i] != '\n' && json[i] != '\r') {
+        ++i;
+      }
+    }
+    if (name == "blocks") found.blocks = json.substr(value_start, i - value_start);
+    if (name == "metadata") found.metadata = json.substr(value_start, i - value_start);
+  }
+}
+
 net::HttpResponse SlackError(const std::string& error) {
   return JsonResponse(Json{{"ok", false}, {"error", error}});
 }
@@ -154,9 +302,7 @@ class SlackServer::Impl {
       for (auto& [id, c] : conns_) {
         ws_.close(c.hdl, websocketpp::close::status::going_away, "server shutdown", ec);
       }
-      for (auto& [id, p] : pending_) {
-        if (p.timer) p.timer->cancel();
-      }
+      ack_timer_.cancel();
     });
     http_->Stop();
     // Whatever is still open is cut (the io thread stops right after).
@@ -176,14 +322,25 @@ class SlackServer::Impl {
 
   // ---------------- HTTP ----------------
 
-  // With mu_ held: appends m to messages_, stamped with the receive time, and queues it for the
-  // on_message observer (if any).
-  void RecordLocked(const SlackPostedMessage& m) {
-    messages_.push_back(m);
-    messages_.back().received_ns =
+  // Body arguments over query ones, moved (a chat.postMessage body is not copied).
+  static void MergeInto(Json& args, Json&& more) {
+    if (args.empty()) {
+      args = std::move(more);
+      return;
+    }
+    for (auto& [k, v] : more.items()) args[k] = std::move(v);
+  }
+
+  // With mu_ held, on the io thread: appends m to messages_, stamped with the receive time, and
+  // queues its index for the on_message observer (if any). Returns the recorded message (valid
+  // until the next RecordLocked).
+  const SlackPostedMessage& RecordLocked(SlackPostedMessage&& m) {
+    m.received_ns =
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
             .count();
-    if (options_.on_message) to_notify_.push_back(messages_.back());
+    messages_.push_back(std::move(m));
+    if (options_.on_message) to_notify_.push_back(messages_.size() - 1);
+    return messages_.back();
   }
 
   // Milliseconds to hold back the answer to this request (DelayNext); 0 for none.
@@ -207,14 +364,17 @@ class SlackServer::Impl {
     });
   }
 
-  // On the io thread, without mu_: hands what RecordLocked queued to the observer.
+  // On the io thread, without mu_: hands what RecordLocked queued to the observer. messages_ is
+  // only appended to on this thread (RecordLocked), so its elements can be read here without mu_
+  // (other threads only read them too) and stay put while the observer runs.
   void NotifyRecorded() {
-    std::vector<SlackPostedMessage> batch;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      batch.swap(to_notify_);
+      if (to_notify_.empty()) return;
+      notify_batch_.swap(to_notify_);
     }
-    for (const SlackPostedMessage& m : batch) options_.on_message(m);
+    for (size_t i : notify_batch_) options_.on_message(messages_[i]);
+    notify_batch_.clear();
   }
 
   net::HttpResponse HandleHttp(const net::HttpRequest& req) {
@@ -226,14 +386,15 @@ class SlackServer::Impl {
     std::string method = req.path.substr(prefix.size());
     Json args = ParseForm(req.query);
     std::string content_type = net::FindHeader(req.headers, "Content-Type");
+    const bool json_body = !req.body.empty() &&
+                           content_type.find("application/json") != std::string::npos;
     if (!req.body.empty()) {
-      if (content_type.find("application/json") != std::string::npos) {
+      if (json_body) {
         Json body = Json::parse(req.body, nullptr, false);
         if (body.is_discarded() || !body.is_object()) return SlackError("invalid_json");
-        for (auto& [k, v] : body.items()) args[k] = v;
+        MergeInto(args, std::move(body));
       } else {
-        Json form = ParseForm(req.body);  // named: items() of a temporary would dangle
-        for (auto& [k, v] : form.items()) args[k] = v;
+        MergeInto(args, ParseForm(req.body));
       }
     }
     std::string token;
@@ -349,14 +510,14 @@ class SlackServer::Impl {
       if (!channels_.count(channel)) return SlackError("channel_not_found");
       auto it = live_.find(channel + "/" + ts);
       if (it == live_.end()) return SlackError("message_not_found");
-      conversation_[it->second].ts.clear();  // gone from the conversation
+      conversation_[it->second].deleted = true;  // gone from the conversation
       live_.erase(it);
       SlackPostedMessage d;
       d.method = method;
       d.channel = channel;
       d.ts = ts;
-      d.args = args;
-      RecordLocked(d);
+      d.args = std::move(args);
+      RecordLocked(std::move(d));
       return JsonResponse(Json{{"ok", true}, {"channel", channel}, {"ts", ts}});
     }
 
@@ -368,7 +529,7 @@ class SlackServer::Impl {
     m.user = StringArg(args, "user");
     m.blocks = JsonArg(args, "blocks");
     m.metadata = JsonArg(args, "metadata");
-    m.args = args;
+    m.args = std::move(args);  // not used below: read m.args
     bool has_content = !m.text.empty() || (m.blocks.is_array() && !m.blocks.empty());
     if (channel.empty() || !has_content) return SlackError("invalid_arguments");
     if (m.blocks.is_array() && m.blocks.size() > 50) return SlackError("invalid_blocks");
@@ -393,47 +554,132 @@ class SlackServer::Impl {
         b.tokens -= 1.0;
       }
       m.ts = NextTs();
-      Json message{{"type", "message"},         {"text", m.text}, {"user", options_.bot_user_id},
-                   {"bot_id", options_.bot_id}, {"ts", m.ts},     {"team", options_.team_id}};
-      if (!m.thread_ts.empty()) message["thread_ts"] = m.thread_ts;
-      if (!m.blocks.is_null()) message["blocks"] = m.blocks;
-      if (!m.metadata.is_null()) message["metadata"] = m.metadata;
       live_[channel + "/" + m.ts] = conversation_.size();
-      conversation_.push_back(m);
-      RecordLocked(m);
+      conversation_.emplace_back();
+      conversation_.back().post = messages_.size();  // RecordLocked appends it there
+      const SlackPostedMessage& posted = RecordLocked(std::move(m));
       if (options_.echo_bot_posts) {
-        Json echo = message;
+        Json echo{
+            {"type", "message"},         {"text", posted.text}, {"user", options_.bot_user_id},
+            {"bot_id", options_.bot_id}, {"ts", posted.ts},     {"team", options_.team_id}};
+        if (!posted.thread_ts.empty()) echo["thread_ts"] = posted.thread_ts;
+        if (!posted.blocks.is_null()) echo["blocks"] = posted.blocks;
+        if (!posted.metadata.is_null()) echo["metadata"] = posted.metadata;
         echo["channel"] = channel;
         echo["channel_type"] = channel.compare(0, 1, "D") == 0 ? "im" : "channel";
-        echo["event_ts"] = m.ts;
+        echo["event_ts"] = posted.ts;
         EnqueueEventLocked(echo);
       }
-      return JsonResponse(
-          Json{{"ok", true}, {"channel", channel}, {"ts", m.ts}, {"message", message}});
+      // The answer repeats blocks and metadata: as the client sent them when they came as JSON
+      // values in a JSON body (no second serialisation), else serialised from the parsed value.
+      std::string_view raw_blocks, raw_metadata;
+      if (json_body) {
+        auto is_json_value = [&](const char* key) {
+          auto it = posted.args.find(key);
+          return it != posted.args.end() && (it->is_array() || it->is_object());
+        };
+        const RawBlocksAndMetadata raw = FindRawBlocksAndMetadata(req.body);
+        if (is_json_value("blocks")) raw_blocks = raw.blocks;
+        if (is_json_value("metadata")) raw_metadata = raw.metadata;
+      }
+      return PostMessageResponse(posted, raw_blocks, raw_metadata);
     }
     if (method == "chat.update") {
-      m.ts = StringArg(args, "ts");
+      m.ts = StringArg(m.args, "ts");
       if (m.ts.empty()) return SlackError("invalid_arguments");
       auto live = live_.find(channel + "/" + m.ts);
       if (live == live_.end()) return SlackError("message_not_found");
       // Slack: text replaces the text; blocks and metadata replace theirs only when given.
-      SlackPostedMessage& current = conversation_[live->second];
+      ConversationEntry& current = conversation_[live->second];
+      current.edited = true;
       current.text = m.text;
       if (!m.blocks.is_null()) current.blocks = m.blocks;
       if (!m.metadata.is_null()) current.metadata = m.metadata;
-      m.thread_ts = current.thread_ts;
-      RecordLocked(m);
-      return JsonResponse(Json{{"ok", true},
-                               {"channel", channel},
-                               {"ts", m.ts},
-                               {"text", m.text},
-                               {"message", Json{{"text", m.text}}}});
+      m.thread_ts = messages_[current.post].thread_ts;
+      Json response{{"ok", true},
+                    {"channel", channel},
+                    {"ts", m.ts},
+                    {"text", m.text},
+                    {"message", Json{{"text", m.text}}}};
+      RecordLocked(std::move(m));
+      return JsonResponse(response);
     }
     // chat.postEphemeral
     if (m.user.empty()) return SlackError("invalid_arguments");
     m.ts = NextTs();
-    RecordLocked(m);
-    return JsonResponse(Json{{"ok", true}, {"message_ts", m.ts}});
+    const SlackPostedMessage& ephemeral = RecordLocked(std::move(m));
+    return JsonResponse(Json{{"ok", true}, {"message_ts", ephemeral.ts}});
+  }
+
+  // One bot message of the conversation: the index of its chat.postMessage in messages_, and
+  // what chat.update / chat.delete did to it since.
+  struct ConversationEntry {
+    size_t post = 0;
+    bool deleted = false;
+    bool edited = false;  // text replaced by `text`
+    std::string text;
+    Json blocks;    // replaced blocks; null = the post's
+    Json metadata;  // replaced metadata; null = the post's
+  };
+
+  // chat.postMessage's answer: Slack's {"ok","channel","ts","message"} with the message object as
+  // Slack returns it (type, text, user, bot_id, ts, team, and thread_ts, blocks, metadata when
+  // given). Written directly, in the key order dump() uses, instead of building a DOM that copies
+  // the blocks: this is the hot path of the benchmarks.
+  // raw_blocks / raw_metadata: the JSON text of m.blocks / m.metadata as received, or empty to
+  // serialise them.
+  net::HttpResponse PostMessageResponse(const SlackPostedMessage& m, std::string_view raw_blocks,
+                                        std::string_view raw_metadata) const {
+    std::string blocks_dump, metadata_dump;
+    if (raw_blocks.empty() && !m.blocks.is_null()) blocks_dump = m.blocks.dump();
+    if (raw_metadata.empty() && !m.metadata.is_null()) metadata_dump = m.metadata.dump();
+    const std::string_view blocks = raw_blocks.empty() ? blocks_dump : raw_blocks;
+    const std::string_view metadata = raw_metadata.empty() ? metadata_dump : raw_metadata;
+    net::HttpResponse r;
+    r.status = 200;
+    r.content_type = "application/json; charset=utf-8";
+    std::string& b = r.body;
+    b.reserve(160 + 2 * m.text.size() + blocks.size() + metadata.size() + 4 * m.channel.size());
+    b += "{\"channel\":";
+    AppendJsonString(b, m.channel);
+    b += ",\"message\":{";
+    if (!blocks.empty()) {
+      b += "\"blocks\":";
+      b += blocks;
+      b += ',';
+    }
+    b += "\"bot_id\":";
+    AppendJsonString(b, options_.bot_id);
+    if (!metadata.empty()) {
+      b += ",\"metadata\":";
+      b += metadata;
+    }
+    b += ",\"team\":";
+    AppendJsonString(b, options_.team_id);
+    b += ",\"text\":";
+    AppendJsonString(b, m.text);
+    if (!m.thread_ts.empty()) {
+      b += ",\"thread_ts\":";
+      AppendJsonString(b, m.thread_ts);
+    }
+    b += ",\"ts\":";
+    AppendJsonString(b, m.ts);
+    b += ",\"type\":\"message\",\"user\":";
+    AppendJsonString(b, options_.bot_user_id);
+    b += "},\"ok\":true,\"ts\":";
+    AppendJsonString(b, m.ts);
+    b += '}';
+    return r;
+  }
+
+  // A bot message as the conversation shows it now: its post with the edits applied. Caller
+  // holds mu_.
+  SlackPostedMessage Current(const ConversationEntry& entry) const {
+    SlackPostedMessage m = messages_[entry.post];
+    if (entry.edited) m.text = entry.text;
+    if (!entry.blocks.is_null()) m.blocks = entry.blocks;
+    if (!entry.metadata.is_null()) m.metadata = entry.metadata;
+    return m;
   }
 
   // conversations.history (top-level messages of a channel, newest first, ts > oldest) and
@@ -451,18 +697,25 @@ class SlackServer::Impl {
                           StringArg(args, "include_all_metadata") == "1";
     auto ts_value = [](const std::string& ts) { return std::strtod(ts.c_str(), nullptr); };
     Json list = Json::array();
-    for (const SlackPostedMessage& m : conversation_) {
-      if (m.ts.empty() || m.channel != channel) continue;  // deleted, or elsewhere
+    for (const ConversationEntry& entry : conversation_) {
+      if (entry.deleted) continue;
+      const SlackPostedMessage& m = messages_[entry.post];  // the post; edits from `entry`
+      if (m.channel != channel) continue;
       if (method == "conversations.replies") {
         if (m.thread_ts != root && m.ts != root) continue;
       } else {
         if (!m.thread_ts.empty()) continue;
         if (!oldest.empty() && ts_value(m.ts) <= ts_value(oldest)) continue;
       }
-      Json j{{"type", "message"}, {"user", options_.bot_user_id}, {"bot_id", options_.bot_id},
-             {"text", m.text},    {"ts", m.ts}};
+      const std::string& text = entry.edited ? entry.text : m.text;
+      const Json& meta = entry.metadata.is_null() ? m.metadata : entry.metadata;
+      Json j{{"type", "message"},
+             {"user", options_.bot_user_id},
+             {"bot_id", options_.bot_id},
+             {"text", text},
+             {"ts", m.ts}};
       if (!m.thread_ts.empty()) j["thread_ts"] = m.thread_ts;
-      if (metadata && !m.metadata.is_null()) j["metadata"] = m.metadata;
+      if (metadata && !meta.is_null()) j["metadata"] = meta;
       list.push_back(j);
     }
     if (method == "conversations.history") std::reverse(list.begin(), list.end());
@@ -493,7 +746,7 @@ class SlackServer::Impl {
     if (m.text.empty() && !(m.blocks.is_array() && !m.blocks.empty())) {
       return SlackError("no_text");
     }
-    RecordLocked(m);
+    RecordLocked(std::move(m));
     net::HttpResponse r;
     r.content_type = "text/plain";
     r.body = "ok";
@@ -592,8 +845,8 @@ class SlackServer::Impl {
 
   void OnMessage(Hdl h, const WsServer::message_ptr& msg) {
     std::lock_guard<std::mutex> lock(mu_);
-    const std::string& text = msg->get_payload();
-    frames_.push_back(text);
+    frames_.push_back(std::move(msg->get_raw_payload()));  // the message is not read after this
+    const std::string& text = frames_.back();
     int conn_id = 0;
     if (auto it = ids_.find(h); it != ids_.end()) conn_id = it->second;
     Json j = Json::parse(text, nullptr, false);
@@ -610,8 +863,7 @@ class SlackServer::Impl {
     auto p = pending_.find(ack.envelope_id);
     if (p != pending_.end()) {
       ack.known = true;
-      if (p->second.timer) p->second.timer->cancel();
-      pending_.erase(p);
+      pending_.erase(p);  // its entry in ack_deadlines_ is skipped when it comes due
     }
     acks_.push_back(ack);
     ++counters_.acks;
@@ -627,104 +879,165 @@ class SlackServer::Impl {
     std::string envelope_id;
     std::string type;
     std::string event_id;
-    Json payload;
+    std::string payload;  // serialised once: redeliveries and the frame reuse it as is
     int retry_attempt = 0;
     std::string retry_reason;
-    std::shared_ptr<boost::asio::steady_timer> timer;
   };
 
   std::string NewEnvelopeId() { return "env-" + std::to_string(++next_envelope_) + "-fake"; }
+  // Any thread, without mu_.
+  std::string NewEventId() {
+    return "Ev" + std::to_string(1000000 + next_event_.fetch_add(1) + 1) + "FAKE";
+  }
+
+  // Any thread, without mu_ (reads only options_ fields nothing changes): `event` wrapped in an
+  // event_callback payload, serialised as dump() would (keys in its order), without copying
+  // `event` into a DOM first.
+  std::string EventPayload(const Json& event, const std::string& event_id) const {
+    const auto& o = options_;
+    const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+    std::string p;
+    p.reserve(420);
+    p += "{\"api_app_id\":";
+    AppendJsonString(p, o.app_id);
+    p += ",\"authorizations\":[{\"enterprise_id\":null,\"is_bot\":true,"
+         "\"is_enterprise_install\":false,\"team_id\":";
+    AppendJsonString(p, o.team_id);
+    p += ",\"user_id\":";
+    AppendJsonString(p, o.bot_user_id);
+    p += "}],\"event\":";
+    p += event.dump();
+    p += ",\"event_id\":";
+    AppendJsonString(p, event_id);
+    p += ",\"event_time\":";
+    p += std::to_string(now);
+    p += ",\"is_ext_shared_channel\":false,\"team_id\":";
+    AppendJsonString(p, o.team_id);
+    p += ",\"token\":\"fake-verification-token\",\"type\":\"event_callback\"}";
+    return p;
+  }
 
   // With mu_ held: wraps `event` in an event_callback payload and queues an events_api envelope.
   std::string EnqueueEventLocked(const Json& event) {
-    const auto& o = options_;
+    std::string event_id = NewEventId();
+    std::string payload = EventPayload(event, event_id);
+    EnqueueEventPayloadLocked(event_id, std::move(payload));
+    return event_id;
+  }
+
+  // With mu_ held: queues an events_api envelope around a payload from EventPayload.
+  void EnqueueEventPayloadLocked(const std::string& event_id, std::string payload) {
     Envelope e;
     e.envelope_id = NewEnvelopeId();
     e.type = "events_api";
-    e.event_id = "Ev" + std::to_string(1000000 + ++next_event_) + "FAKE";
-    auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                   std::chrono::system_clock::now().time_since_epoch())
-                   .count();
-    e.payload = Json{{"token", "fake-verification-token"},
-                     {"team_id", o.team_id},
-                     {"api_app_id", o.app_id},
-                     {"event", event},
-                     {"type", "event_callback"},
-                     {"event_id", e.event_id},
-                     {"event_time", now},
-                     {"authorizations", Json::array({Json{{"enterprise_id", nullptr},
-                                                          {"team_id", o.team_id},
-                                                          {"user_id", o.bot_user_id},
-                                                          {"is_bot", true},
-                                                          {"is_enterprise_install", false}}})},
-                     {"is_ext_shared_channel", false}};
-    std::string id = e.event_id;
+    e.event_id = event_id;
+    e.payload = std::move(payload);
     EnqueueLocked(std::move(e));
-    return id;
   }
 
-  // Called with mu_ held, on any thread: queues and schedules a flush on the io thread.
+  // Called with mu_ held, on any thread: queues and schedules a flush on the io thread (one
+  // flush for however many envelopes are queued before it runs).
   void EnqueueLocked(Envelope e) {
     queue_.push_back(std::move(e));
+    if (flush_posted_) return;
+    flush_posted_ = true;
     boost::asio::post(io_, [this] {
       std::lock_guard<std::mutex> lock(mu_);
+      flush_posted_ = false;
       FlushQueueLocked();
     });
   }
 
-  // On the io thread with mu_ held: writes queued envelopes to healthy sockets, round-robin.
+  // The Socket Mode frame of an envelope, serialised as dump() would.
+  static std::string Frame(const Envelope& e) {
+    std::string f;
+    f.reserve(e.payload.size() + 160);
+    f += "{\"accepts_response_payload\":";
+    f += e.type != "events_api" ? "true" : "false";
+    f += ",\"envelope_id\":";
+    AppendJsonString(f, e.envelope_id);
+    f += ",\"payload\":";
+    f += e.payload;
+    f += ",\"retry_attempt\":";
+    f += std::to_string(e.retry_attempt);
+    f += ",\"retry_reason\":";
+    AppendJsonString(f, e.retry_reason);
+    f += ",\"type\":";
+    AppendJsonString(f, e.type);
+    f += '}';
+    return f;
+  }
+
+  // On the io thread with mu_ held: writes queued envelopes to healthy sockets, round-robin, and
+  // starts their ack deadlines.
   void FlushQueueLocked() {
     while (!queue_.empty()) {
       int conn_id = PickConnLocked();
-      if (conn_id == 0) return;
+      if (conn_id == 0) break;  // queued until a healthy socket opens (OnOpen flushes)
       Envelope e = std::move(queue_.front());
       queue_.pop_front();
-      Json frame{{"envelope_id", e.envelope_id},
-                 {"type", e.type},
-                 {"payload", e.payload},
-                 {"accepts_response_payload", e.type != "events_api"},
-                 {"retry_attempt", e.retry_attempt},
-                 {"retry_reason", e.retry_reason}};
       websocketpp::lib::error_code ec;
-      ws_.send(conns_[conn_id].hdl, frame.dump(), websocketpp::frame::opcode::text, ec);
+      ws_.send(conns_[conn_id].hdl, Frame(e), websocketpp::frame::opcode::text, ec);
       deliveries_.push_back(
           SlackDelivery{e.envelope_id, e.type, e.event_id, e.retry_attempt, conn_id});
       ++counters_.envelopes_delivered;
       if (e.retry_attempt > 0) ++counters_.redeliveries;
       Changed();
-      e.timer = std::make_shared<boost::asio::steady_timer>(
-          io_, std::chrono::milliseconds(options_.ack_deadline_ms));
+      ack_deadlines_.push_back(AckDeadline{
+          Clock::now() + std::chrono::milliseconds(options_.ack_deadline_ms), e.envelope_id});
       std::string id = e.envelope_id;
-      e.timer->async_wait([this, id](const boost::system::error_code& tec) {
-        if (tec) return;
-        OnAckTimeout(id);
-      });
-      pending_[id] = std::move(e);
+      pending_[std::move(id)] = std::move(e);
     }
+    ArmAckTimerLocked();
+  }
+
+  // With mu_ held, on the io thread: one timer for all ack deadlines, set to the earliest. Every
+  // envelope gets the same deadline, so ack_deadlines_ is in deadline order.
+  void ArmAckTimerLocked() {
+    if (ack_timer_armed_ || ack_deadlines_.empty()) return;
+    ack_timer_armed_ = true;
+    ack_timer_.expires_at(ack_deadlines_.front().at);
+    ack_timer_.async_wait([this](const boost::system::error_code& tec) {
+      if (tec) return;
+      OnAckTimer();
+    });
   }
 
   int PickConnLocked() {
-    std::vector<int> healthy;
-    for (auto& [id, c] : conns_) {
-      if (!c.zombie) healthy.push_back(id);
+    size_t healthy = 0;
+    for (const auto& [id, c] : conns_) healthy += c.zombie ? 0 : 1;
+    if (healthy == 0) return 0;
+    size_t pick = (rr_++) % healthy;
+    for (const auto& [id, c] : conns_) {
+      if (c.zombie) continue;
+      if (pick-- == 0) return id;
     }
-    if (healthy.empty()) return 0;
-    return healthy[(rr_++) % healthy.size()];
+    return 0;  // not reached
   }
 
-  void OnAckTimeout(const std::string& envelope_id) {
+  // On the io thread: every envelope whose ack deadline has passed and that is still unacked is
+  // redelivered (events_api, up to max_retries) or dropped.
+  void OnAckTimer() {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = pending_.find(envelope_id);
-    if (it == pending_.end()) return;
-    Envelope e = std::move(it->second);
-    pending_.erase(it);
-    if (e.type != "events_api" || e.retry_attempt >= options_.max_retries) return;
-    e.envelope_id = NewEnvelopeId();
-    e.retry_attempt += 1;
-    e.retry_reason = "timeout";
-    e.timer.reset();
-    queue_.push_back(std::move(e));
+    ack_timer_armed_ = false;
+    const Clock::time_point now = Clock::now();
+    while (!ack_deadlines_.empty() && ack_deadlines_.front().at <= now) {
+      std::string envelope_id = std::move(ack_deadlines_.front().envelope_id);
+      ack_deadlines_.pop_front();
+      auto it = pending_.find(envelope_id);
+      if (it == pending_.end()) continue;  // acked in time
+      Envelope e = std::move(it->second);
+      pending_.erase(it);
+      if (e.type != "events_api" || e.retry_attempt >= options_.max_retries) continue;
+      e.envelope_id = NewEnvelopeId();
+      e.retry_attempt += 1;
+      e.retry_reason = "timeout";
+      queue_.push_back(std::move(e));
+    }
     FlushQueueLocked();
+    ArmAckTimerLocked();
   }
 
   // Runs f on the io thread and waits for it.
@@ -777,7 +1090,7 @@ class SlackServer::Impl {
   uint64_t next_ticket_ = 0;
   uint64_t next_ts_ = 0;
   uint64_t next_envelope_ = 0;
-  uint64_t next_event_ = 0;
+  std::atomic<uint64_t> next_event_{0};
   int next_conn_id_ = 0;
   size_t rr_ = 0;
   bool answer_pings_ = true;
@@ -793,10 +1106,10 @@ class SlackServer::Impl {
     int delay_ms = 0;
   };
   std::map<std::string, Delay> delay_next_;
-  // The bot's messages as the conversation shows them now (posts in order, edits applied; a
-  // deleted message keeps its place with an empty ts), and channel/ts -> index of the live ones.
-  std::vector<SlackPostedMessage> conversation_;
-  std::map<std::string, size_t> live_;
+  // The bot's messages in the order they were posted (edits kept beside the post, applied by
+  // Current()), and channel/ts -> index of the live ones.
+  std::vector<ConversationEntry> conversation_;
+  std::unordered_map<std::string, size_t> live_;
   double budget_per_second_ = 0;
   int budget_burst_ = 1;
   std::map<std::string, Bucket> buckets_;
@@ -806,9 +1119,18 @@ class SlackServer::Impl {
   std::map<int, Conn> conns_;
   std::map<Hdl, int, std::owner_less<Hdl>> ids_;
   std::deque<Envelope> queue_;  // a deque: flushed from the front one by one
-  std::map<std::string, Envelope> pending_;
+  bool flush_posted_ = false;   // a FlushQueueLocked is posted and has not run yet
+  std::unordered_map<std::string, Envelope> pending_;  // delivered, not acked, by envelope id
+  struct AckDeadline {
+    Clock::time_point at;
+    std::string envelope_id;
+  };
+  std::deque<AckDeadline> ack_deadlines_;  // of delivered envelopes, earliest first
+  boost::asio::steady_timer ack_timer_{io_};
+  bool ack_timer_armed_ = false;
   std::vector<SlackPostedMessage> messages_;
-  std::vector<SlackPostedMessage> to_notify_;  // recorded, not yet handed to on_message
+  std::vector<size_t> to_notify_;     // indices into messages_ not yet handed to on_message
+  std::vector<size_t> notify_batch_;  // io thread only: the batch NotifyRecorded is handing out
   std::vector<SlackReaction> reactions_;
   std::vector<SlackDelivery> deliveries_;
   std::vector<SlackAck> acks_;
@@ -866,8 +1188,12 @@ void SlackServer::SetPostMessageBudget(double per_second, int burst) {
 }
 
 std::string SlackServer::SendEvent(const nlohmann::json& event) {
+  // Serialised before taking the lock: the io thread is not held up by the caller's work.
+  std::string event_id = impl_->NewEventId();
+  std::string payload = impl_->EventPayload(event, event_id);
   std::lock_guard<std::mutex> lock(impl_->mu_);
-  return impl_->EnqueueEventLocked(event);
+  impl_->EnqueueEventPayloadLocked(event_id, std::move(payload));
+  return event_id;
 }
 
 std::string SlackServer::SendSlashCommand(const nlohmann::json& payload) {
@@ -875,7 +1201,7 @@ std::string SlackServer::SendSlashCommand(const nlohmann::json& payload) {
   Impl::Envelope e;
   e.envelope_id = impl_->NewEnvelopeId();
   e.type = "slash_commands";
-  e.payload = payload;
+  e.payload = payload.dump();
   std::string id = e.envelope_id;
   impl_->EnqueueLocked(std::move(e));
   return id;
@@ -886,7 +1212,7 @@ std::string SlackServer::SendBlockAction(const nlohmann::json& payload) {
   Impl::Envelope e;
   e.envelope_id = impl_->NewEnvelopeId();
   e.type = "interactive";
-  e.payload = payload;
+  e.payload = payload.dump();
   std::string id = e.envelope_id;
   impl_->EnqueueLocked(std::move(e));
   return id;
@@ -979,8 +1305,9 @@ std::vector<SlackPostedMessage> SlackServer::Posted() const {
 std::vector<SlackPostedMessage> SlackServer::Conversation(const std::string& channel) const {
   std::lock_guard<std::mutex> lock(impl_->mu_);
   std::vector<SlackPostedMessage> out;
-  for (const auto& m : impl_->conversation_) {
-    if (!m.ts.empty() && m.channel == channel) out.push_back(m);
+  for (const auto& entry : impl_->conversation_) {
+    if (entry.deleted || impl_->messages_[entry.post].channel != channel) continue;
+    out.push_back(impl_->Current(entry));
   }
   return out;
 }
