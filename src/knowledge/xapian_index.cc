@@ -738,14 +738,22 @@ class XapianKnowledgeIndex final : public KnowledgeIndex {
     double confidence;
   };
 
+  // Every part is length-prefixed, so no text (separators included) can pose as another key.
   static std::string CacheKey(const RetrievalQuery& query, const AccessFilter& access,
                               size_t limit) {
-    std::string key = std::to_string(limit);
-    for (const std::string& tag : access.tags) key += '\x1f' + tag;
-    key += '\x1e';
-    key += query.text;
-    key += '\x1e';
-    key += query.context;
+    std::string key;
+    key.reserve(32 + query.text.size() + query.context.size());
+    auto part = [&key](std::string_view s) {
+      key += std::to_string(s.size());
+      key += ':';
+      key += s;
+    };
+    key += std::to_string(limit);
+    key += '/';
+    key += std::to_string(access.tags.size());
+    for (const std::string& tag : access.tags) part(tag);
+    part(query.text);
+    part(query.context);
     return key;
   }
 

@@ -532,6 +532,13 @@ TEST_F(IndexCacheTest, AQuestionAskedAgainIsAnsweredFromTheCacheWithTheSamePassa
   Ask(*index, "How long do ferrets sleep", {}, "otters");
   EXPECT_EQ(hits_.value(), 1u);
   EXPECT_EQ(misses_.value(), 4u);
+  // Whatever the text contains, a question and its context never pose as another pair.
+  Ask(*index, "ferrets\x1e" "otters", {}, "");
+  Ask(*index, "ferrets", {}, "otters\x1e");
+  Ask(*index, "ferrets", {"x\x1f" "y"}, "");
+  Ask(*index, "ferrets", {"x", "y"}, "");
+  EXPECT_EQ(hits_.value(), 1u);
+  EXPECT_EQ(misses_.value(), 8u);
 }
 
 TEST_F(IndexCacheTest, RestrictedPassagesNeverReachAnotherAccessThroughTheCache) {
