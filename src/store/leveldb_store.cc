@@ -113,17 +113,17 @@ class LevelDbStore final : public KvStore {
 Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& directory) {
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(directory).parent_path(), ec);
-  // Sized for a small daemon (the Slack target is under 50 MB of RSS at 2,000 events/s): an
-  // 8 MiB block cache and 4 MiB memtables (two at a time while one is flushed) took the
-  // benchmark's RSS from ~82 to ~55-62 MiB at about the same CPU per event. Reads that miss
-  // are served from the page cache.
+  // Sized for a small daemon: an 8 MiB block cache (reads that miss are served from the page
+  // cache). Memtables stay at 8 MiB: 4 MiB ones saved ~10 MiB of RSS but doubled the flushes and
+  // level-0 compactions, and 2,000 Slack events/s for 30 s then fell behind (1,741-1,905 replies/s
+  // against 1,976-1,980 with 8 MiB).
   auto cache = std::unique_ptr<leveldb::Cache>(leveldb::NewLRUCache(8 << 20));
   auto filter = std::unique_ptr<const leveldb::FilterPolicy>(leveldb::NewBloomFilterPolicy(10));
   leveldb::Options options;
   options.create_if_missing = true;
   options.block_cache = cache.get();
   options.filter_policy = filter.get();
-  options.write_buffer_size = 4 << 20;
+  options.write_buffer_size = 8 << 20;
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, directory, &raw);
   if (!s.ok()) {
