@@ -993,12 +993,18 @@ class SlackServer::Impl {
     ArmAckTimerLocked();
   }
 
-  // With mu_ held, on the io thread: one timer for all ack deadlines, set to the earliest. Every
-  // envelope gets the same deadline, so ack_deadlines_ is in deadline order.
+  // With mu_ held, on the io thread: one timer for all ack deadlines and delayed redeliveries,
+  // set to the earliest. Every envelope gets the same deadline, so ack_deadlines_ is in deadline
+  // order; delayed_ is ordered by its key.
   void ArmAckTimerLocked() {
-    if (ack_timer_armed_ || ack_deadlines_.empty()) return;
+    Clock::time_point next = Clock::time_point::max();
+    if (!ack_deadlines_.empty()) next = ack_deadlines_.front().at;
+    if (!delayed_.empty()) next = std::min(next, delayed_.begin()->first);
+    if (next == Clock::time_point::max()) return;
+    if (ack_timer_armed_ && next >= ack_timer_at_) return;
     ack_timer_armed_ = true;
-    ack_timer_.expires_at(ack_deadlines_.front().at);
+    ack_timer_at_ = next;
+    ack_timer_.expires_at(next);  // cancels a later wait (its handler sees operation_aborted)
     ack_timer_.async_wait([this](const boost::system::error_code& tec) {
       if (tec) return;
       OnAckTimer();
@@ -1034,7 +1040,18 @@ class SlackServer::Impl {
       e.envelope_id = NewEnvelopeId();
       e.retry_attempt += 1;
       e.retry_reason = "timeout";
-      queue_.push_back(std::move(e));
+      const size_t index = static_cast<size_t>(e.retry_attempt - 1);
+      const int delay =
+          index < options_.retry_delays_ms.size() ? options_.retry_delays_ms[index] : 0;
+      if (delay <= 0) {
+        queue_.push_back(std::move(e));
+      } else {
+        delayed_.emplace(now + std::chrono::milliseconds(delay), std::move(e));
+      }
+    }
+    while (!delayed_.empty() && delayed_.begin()->first <= now) {
+      queue_.push_back(std::move(delayed_.begin()->second));
+      delayed_.erase(delayed_.begin());
     }
     FlushQueueLocked();
     ArmAckTimerLocked();
@@ -1126,8 +1143,11 @@ class SlackServer::Impl {
     std::string envelope_id;
   };
   std::deque<AckDeadline> ack_deadlines_;  // of delivered envelopes, earliest first
+  // Redeliveries waiting for their retry delay, by when they are due.
+  std::multimap<Clock::time_point, Envelope> delayed_;
   boost::asio::steady_timer ack_timer_{io_};
   bool ack_timer_armed_ = false;
+  Clock::time_point ack_timer_at_;  // when the armed timer fires
   std::vector<SlackPostedMessage> messages_;
   std::vector<size_t> to_notify_;     // indices into messages_ not yet handed to on_message
   std::vector<size_t> notify_batch_;  // io thread only: the batch NotifyRecorded is handing out

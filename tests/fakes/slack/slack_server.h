@@ -60,6 +60,10 @@ struct SlackServerOptions {
   std::vector<std::string> channels = {"C0GENERAL", "D0DM"};
   int ack_deadline_ms = 3000;         // Slack: 3 s
   int max_retries = 3;                // events_api redeliveries after the first delivery
+  // When redelivery r (1-based) is sent: retry_delays_ms[r - 1] after the previous delivery's ack
+  // deadline passed (0 when the list is shorter). Slack: "nearly immediately, after about 1
+  // minute, after about 5 minutes" from the first delivery: 3 s, ~60 s and ~300 s here.
+  std::vector<int> retry_delays_ms = {0, 57'000, 237'000};
   int refresh_close_delay_ms = 1000;  // after disconnect refresh_requested / link_disabled
   int max_connections = 10;
   // When true, every ok chat.postMessage comes back as a `message` event carrying the bot's

@@ -287,6 +287,7 @@ TEST(FakeSlackTest, EventDeliveredAndAcked) {
 TEST(FakeSlackTest, UnackedEventIsRedeliveredWithSameEventId) {
   SlackServerOptions o;
   o.ack_deadline_ms = 150;
+  o.retry_delays_ms = {0, 0, 0};
   SlackServer server(o);
   TestSocket s(/*auto_ack=*/false);
   s.Connect(OpenUrl(server));
@@ -322,6 +323,29 @@ TEST(FakeSlackTest, UnackedEventIsRedeliveredWithSameEventId) {
   EXPECT_EQ(d.back().retry_attempt, 3);
   EXPECT_EQ(d.back().event_id, e2);
   for (const auto& x : d) EXPECT_NE(x.type == "slash_commands" && x.retry_attempt > 0, true);
+}
+
+TEST(FakeSlackTest, LaterRedeliveriesWaitTheirRetryDelay) {
+  SlackServerOptions o;
+  o.ack_deadline_ms = 100;
+  o.max_retries = 2;
+  o.retry_delays_ms = {0, 500};
+  SlackServer server(o);
+  TestSocket s(/*auto_ack=*/false);
+  s.Connect(OpenUrl(server));
+  ASSERT_TRUE(s.WaitFrames(1));
+  const std::string e = server.SendEvent({{"type", "message"}, {"channel", "D0DM"}});
+  auto deliveries = [&] {
+    int n = 0;
+    for (const auto& d : server.Deliveries()) n += d.event_id == e;
+    return n;
+  };
+  ASSERT_TRUE(server.WaitFor([&] { return deliveries() == 2; }, 3000));  // first + retry 1
+  const auto first_retry = std::chrono::steady_clock::now();
+  ASSERT_TRUE(server.WaitFor([&] { return deliveries() == 3; }, 5000));
+  // Retry 2 comes the ack deadline plus its 500 ms delay after retry 1, never sooner.
+  EXPECT_GE(std::chrono::steady_clock::now() - first_retry, std::chrono::milliseconds(500));
+  EXPECT_EQ(server.Deliveries().back().retry_attempt, 2);
 }
 
 TEST(FakeSlackTest, PostMessageRecordedWithThreadTs) {
