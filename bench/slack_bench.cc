@@ -116,6 +116,7 @@ struct Options {
   double followup_fraction = 0.25;
   int connections = 2;
   int daemon_threads = 0;
+  bool timeline = false;    // print each second's p50/p99/max of the main step to stderr
   std::string metrics_out;  // when set, the daemon's GET /metrics after every step is appended
 };
 
@@ -138,7 +139,8 @@ void Usage() {
                "                           (default 0.25)\n"
                "  --connections N          slack.connections of the daemon (default 2)\n"
                "  --daemon-threads N       runtime.threads of the daemon (default 0 = per core)\n"
-               "  --metrics-out FILE       append the daemon's GET /metrics after every step\n");
+               "  --metrics-out FILE       append the daemon's GET /metrics after every step\n"
+               "  --timeline               print every second's latency percentiles to stderr\n");
 }
 
 bool ParseArgs(int argc, char** argv, Options* o) {
@@ -186,6 +188,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->connections = std::atoi(next().c_str());
     } else if (a == "--daemon-threads") {
       o->daemon_threads = std::atoi(next().c_str());
+    } else if (a == "--timeline") {
+      o->timeline = true;
     } else if (a == "--metrics-out") {
       o->metrics_out = next();
     } else if (a == "--help" || a == "-h") {
@@ -437,6 +441,22 @@ class Run {
   }
 
   // One open-loop step at `rate` events/s for `seconds`.
+  // Latency by the second the event was sent in: where in a step the slow replies cluster.
+  static void PrintTimeline(const std::vector<EventRecord>& ev, int64_t t0) {
+    std::vector<std::vector<double>> by_second;
+    for (const EventRecord& e : ev) {
+      const auto sec = static_cast<size_t>(std::max<int64_t>(0, e.send_ns - t0) / 1'000'000'000);
+      if (by_second.size() <= sec) by_second.resize(sec + 1);
+      by_second[sec].push_back(e.reply_ns == 0 ? 1e9 : static_cast<double>(e.reply_ns - e.send_ns) / 1e6);
+    }
+    for (size_t s = 0; s < by_second.size(); ++s) {
+      std::vector<double>& l = by_second[s];
+      std::sort(l.begin(), l.end());
+      std::fprintf(stderr, "slack_bench: second %zu: %zu events, p50 %.2f p99 %.2f max %.2f ms\n", s,
+                   l.size(), Percentile(l, 50), Percentile(l, 99), l.empty() ? 0.0 : l.back());
+    }
+  }
+
   StepResult Step(const std::string& name, double rate, double seconds, bool quiet = false) {
     StepResult r;
     r.name = name;
@@ -517,6 +537,7 @@ class Run {
       in_window += e.reply_ns <= t_end;
       last_reply = std::max(last_reply, e.reply_ns);
     }
+    if (o_.timeline && !quiet) PrintTimeline(ev, t0);
     std::sort(lat.begin(), lat.end());
     r.events = ev.size();
     const double window_s = static_cast<double>(t_end - t0) / 1e9;

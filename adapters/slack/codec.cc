@@ -402,6 +402,8 @@ EventDecision Classify(const SlackEvent& event, const std::string& bot_user_id,
   // In a channel the reply always goes in a thread: the existing one, or one opened on this
   // message. In a DM a root message is answered in the main line.
   m.thread = !event.thread_ts.empty() ? event.thread_ts : (is_direct ? "" : event.ts);
+  // A thread opened on this message is a new conversation: nothing to remember in it yet.
+  m.starts_conversation = event.thread_ts.empty() && !is_direct;
   m.user = std::move(user);
   m.text = std::move(text);
   m.mentions_bot = mentions;

@@ -31,6 +31,24 @@ int64_t RetryAfterMs(const net::Headers& headers) {
   return std::min<long long>(seconds, 3600) * 1000;
 }
 
+// Parses a Web API response without the echo of the posted message (the top-level "message" of
+// chat.postMessage and chat.update: every block of the reply again, which no caller reads), so
+// the reply path does not build a tree for it. Discarded (not an object) when it is not JSON.
+json ParseResponse(const std::string& body) {
+  bool in_message = false;
+  json::parser_callback_t drop_message = [&in_message](int depth, json::parse_event_t event,
+                                                       json& parsed) {
+    if (event == json::parse_event_t::key && depth == 1) {
+      in_message = parsed.is_string() && parsed.get_ref<const std::string&>() == "message";
+      return !in_message;
+    }
+    // Inside the dropped value: refuse every container so nothing below it is built.
+    return !(in_message && depth >= 1 && (depth >= 2 || event == json::parse_event_t::object_start ||
+                                          event == json::parse_event_t::array_start));
+  };
+  return json::parse(body, drop_message, /*allow_exceptions=*/false);
+}
+
 // "scheme://host[:port]" of url, lowercased scheme and host; empty when malformed.
 std::string Origin(const std::string& url) {
   const size_t scheme_end = url.find("://");
@@ -131,7 +149,7 @@ void WebApi::Finish(const std::string& method, const std::string& limit_key, boo
     r.error = response.status().ToString();
   } else {
     r.http_status = response->status;
-    r.body = json::parse(response->body, nullptr, /*allow_exceptions=*/false);
+    r.body = ParseResponse(response->body);
     if (r.body.is_discarded() || !r.body.is_object()) r.body = nullptr;
     if (response->status == 429) {
       r.outcome = Outcome::kRateLimited;

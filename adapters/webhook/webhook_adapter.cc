@@ -395,7 +395,7 @@ void WebhookAdapter::Send(OutboundMessage message, DeliveryCallback done) {
   entry.id = message.id;
   entry.platform = kPlatform;
   entry.target = message.reply_route;
-  entry.payload = json(message).dump();  // the outbox keeps the message; Deliver renders it
+  entry.payload = ToJsonText(message);  // the outbox keeps the message; Deliver renders it
   entry.created_ms = clock_.NowMs();
   if (!entry.target.empty()) {
     // The router recorded this delivery in the outbox with the turn; deliver it.

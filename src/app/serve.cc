@@ -338,7 +338,7 @@ int Serve(const config::Config& config) {
           entry.id = message.id;
           entry.platform = message.conversation.platform;
           entry.target = message.reply_route;
-          entry.payload = json(message).dump();
+          entry.payload = ToJsonText(message);
           entry.created_ms = SystemClock::Instance().NowMs();
           store::WriteBatch batch;
           store::Outbox(*rt.kv).Put(batch, entry);

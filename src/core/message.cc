@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_write.h"
+
 namespace parley {
 
 std::string EscapeKeyPart(const std::string& part) {
@@ -62,6 +64,7 @@ void to_json(nlohmann::json& j, const InboundMessage& m) {
                      {"timestamp_ms", m.timestamp_ms},
                      {"reply_route", m.reply_route}};
   if (m.request_human) j["request_human"] = true;
+  if (m.starts_conversation) j["starts_conversation"] = true;
   if (m.event_id_minted) j["event_id_minted"] = true;
 }
 
@@ -92,6 +95,7 @@ void from_json(const nlohmann::json& j, InboundMessage& m) {
   m.reply_route = j.value("reply_route", "");
   m.request_human = j.value("request_human", false);
   m.event_id_minted = j.value("event_id_minted", false);
+  m.starts_conversation = j.value("starts_conversation", false);
 }
 
 void to_json(nlohmann::json& j, const OutboundMessage& m) {
@@ -126,6 +130,53 @@ void from_json(const nlohmann::json& j, OutboundMessage& m) {
   m.silent = j.value("silent", false);
   m.actions = j.value("actions", std::vector<MessageAction>{});
   m.keep_mentions = j.value("keep_mentions", false);
+}
+
+void AppendJsonArray(std::string& out, const std::vector<Citation>& citations) {
+  out.push_back('[');
+  for (size_t i = 0; i < citations.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    const Citation& c = citations[i];
+    JsonObjectWriter w(out);
+    w.Field("title", c.title).Field("source", c.source).Field("section", c.section);
+    w.Field("url", c.url);
+    w.Finish();
+  }
+  out.push_back(']');
+}
+
+std::string ToJsonText(const OutboundMessage& m) {
+  std::string out;
+  out.reserve(256 + m.text.size() + m.citations.size() * 128);
+  JsonObjectWriter w(out);
+  w.Field("id", m.id)
+      .Field("platform", m.conversation.platform)
+      .Field("channel", m.conversation.channel)
+      .Field("thread", m.conversation.thread)
+      .Field("text", m.text);
+  AppendJsonArray(w.Key("citations"), m.citations);
+  w.Field("confidence", m.confidence)
+      .Field("escalated", m.escalated)
+      .Field("in_reply_to", m.in_reply_to)
+      .Field("reply_route", m.reply_route)
+      .Field("turn_id", m.turn_id);
+  if (m.silent) w.Field("silent", true);
+  if (!m.actions.empty()) {
+    std::string& a = w.Key("actions");
+    a.push_back('[');
+    for (size_t i = 0; i < m.actions.size(); ++i) {
+      if (i > 0) a.push_back(',');
+      const MessageAction& action = m.actions[i];
+      JsonObjectWriter aw(a);
+      aw.Field("id", action.id).Field("label", action.label).Field("value", action.value);
+      if (!action.style.empty()) aw.Field("style", action.style);
+      aw.Finish();
+    }
+    a.push_back(']');
+  }
+  if (m.keep_mentions) w.Field("keep_mentions", true);
+  w.Finish();
+  return out;
 }
 
 }  // namespace parley

@@ -53,6 +53,10 @@ struct InboundMessage {
   // `/parley human`) rather than in words: the escalation desk opens a ticket (reason "request")
   // whatever the text says. text still carries what the user typed, for the transcript.
   bool request_human = false;
+  // The platform says this message opens its conversation (a Slack channel mention that starts
+  // a thread: the conversation is that new thread), so nothing can be remembered for it yet and
+  // the engine does not read memory. Left false whenever that is not certain.
+  bool starts_conversation = false;
 
   ConversationKey conversation() const { return {platform, channel, thread}; }
 };
@@ -115,5 +119,10 @@ void to_json(nlohmann::json& j, const InboundMessage& m);
 void from_json(const nlohmann::json& j, InboundMessage& m);
 void to_json(nlohmann::json& j, const OutboundMessage& m);
 void from_json(const nlohmann::json& j, OutboundMessage& m);
+
+// The JSON text of to_json, written without building a tree: these are written on every turn.
+std::string ToJsonText(const OutboundMessage& m);
+// Appends citations as the JSON array to_json(std::vector<Citation>) makes.
+void AppendJsonArray(std::string& out, const std::vector<Citation>& citations);
 
 }  // namespace parley

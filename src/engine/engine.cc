@@ -31,6 +31,8 @@ void Engine::EnableLlm(LlmDeps deps) { llm_ = std::make_unique<LlmDeps>(std::mov
 
 void Engine::Run(const InboundMessage& message, const std::string& turn_id,
                  PartialCallback on_partial, TurnCallback done) {
+  // A message that opens its conversation has nothing to remember: no store read for memory.
+  if (message.starts_conversation) memory_.NoteNew(message.conversation());
   if (llm_ == nullptr) {
     done(RunTurn(message, turn_id));
     return;

@@ -250,7 +250,7 @@ void Router::Commit(const std::string& key, Job* job, const std::string& turn_id
     entry.id = out.reply.id;
     entry.platform = out.reply.conversation.platform;
     entry.target = out.reply.reply_route;
-    entry.payload = nlohmann::json(out.reply).dump();
+    entry.payload = ToJsonText(out.reply);
     entry.created_ms = clock_.NowMs();
     outbox_.Put(batch, entry);
   }

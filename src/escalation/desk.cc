@@ -642,7 +642,7 @@ Status Desk::Commit(std::unique_lock<std::mutex>& lock, Txn& txn, DeskResult& re
     entry.id = m.id;
     entry.platform = m.conversation.platform;
     entry.target = m.reply_route;
-    entry.payload = nlohmann::json(m).dump();
+    entry.payload = ToJsonText(m);
     entry.created_ms = now;
     outbox.Put(txn.batch, entry);
   }

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_write.h"
 #include "store/keys.h"
 
 namespace parley::store {
@@ -60,10 +61,14 @@ int64_t ConversationMemory::CutoffMs() const {
 
 void ConversationMemory::Append(WriteBatch& batch, const ConversationKey& conv,
                                 const Turn& turn) const {
-  nlohmann::json j{{"role", turn.role},       {"user", turn.user},   {"text", turn.text},
-                   {"turn_id", turn.turn_id}, {"ts_ms", turn.ts_ms}};
-  if (!turn.citations.empty()) j["citations"] = turn.citations;
-  batch.Put(TurnKey(conv, turn.ts_ms), j.dump());
+  std::string value;
+  value.reserve(96 + turn.text.size() + turn.citations.size() * 128);
+  JsonObjectWriter w(value);
+  w.Field("role", turn.role).Field("user", turn.user).Field("text", turn.text);
+  w.Field("turn_id", turn.turn_id).Field("ts_ms", turn.ts_ms);
+  if (!turn.citations.empty()) AppendJsonArray(w.Key("citations"), turn.citations);
+  w.Finish();
+  batch.Put(TurnKey(conv, turn.ts_ms), value);
   if (turn.role == "user" && !turn.user.empty()) {
     batch.Put(keys::UserPrefix(conv.platform, turn.user) + conv.Encode(), "");
   }
@@ -157,13 +162,25 @@ Result<std::vector<Turn>> ConversationMemory::Recent(const ConversationKey& conv
     cached_bytes_ -= ApproxBytes(old->second.turns);
     cache_.erase(old);
   }
+  ReserveCacheLocked(bytes);
+  cache_[encoded] = CachedTurns{std::move(turns), complete};
+  cached_bytes_ += bytes;
+  return selected;
+}
+
+void ConversationMemory::ReserveCacheLocked(size_t bytes) const {
   if (cache_.size() >= kCachedConversations || cached_bytes_ + bytes > kCachedBytes) {
     cache_.clear();
     cached_bytes_ = 0;
   }
-  cache_[encoded] = CachedTurns{std::move(turns), complete};
-  cached_bytes_ += bytes;
-  return selected;
+}
+
+void ConversationMemory::NoteNew(const ConversationKey& conv) const {
+  std::string encoded = conv.Encode();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cache_.count(encoded) != 0) return;
+  ReserveCacheLocked(0);
+  cache_.emplace(std::move(encoded), CachedTurns{{}, /*complete=*/true});
 }
 
 Result<size_t> ConversationMemory::Forget(const ConversationKey& conv) {

@@ -40,6 +40,10 @@ class ConversationMemory {
   Result<std::vector<Turn>> Recent(const ConversationKey& conv, size_t max_turns,
                                    size_t max_chars) const;
 
+  // The caller knows the conversation has no stored turns (its platform says this message opens
+  // it): the cache remembers that, so Recent, and the follow-ups after it, need not read the store.
+  void NoteNew(const ConversationKey& conv) const;
+
   // Deletes every turn of the conversation (synced). Returns how many turns were removed.
   Result<size_t> Forget(const ConversationKey& conv);
   // Deletes every turn the user wrote on platform and the answers to those turns (synced).
@@ -67,6 +71,8 @@ class ConversationMemory {
   static size_t ApproxBytes(const std::deque<Turn>& turns);
 
   int64_t CutoffMs() const;
+  // Makes room for `bytes` more in the cache (starting over when full). Caller holds mu_.
+  void ReserveCacheLocked(size_t bytes) const;
   std::vector<Turn> Select(const std::deque<Turn>& turns, size_t max_turns, size_t max_chars) const;
   KvStore& kv_;
   const Clock& clock_;

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_write.h"
 #include "store/keys.h"
 
 namespace parley::store {
@@ -85,15 +86,14 @@ Result<std::vector<InboundMessage>> Inbox::LoadAll() const {
 }
 
 void Outbox::Put(WriteBatch& batch, const OutboxEntry& e) const {
-  nlohmann::json j{{"id", e.id},
-                   {"platform", e.platform},
-                   {"target", e.target},
-                   {"payload", e.payload},
-                   {"attempts", e.attempts},
-                   {"created_ms", e.created_ms},
-                   {"next_attempt_ms", e.next_attempt_ms},
-                   {"last_error", e.last_error}};
-  batch.Put(keys::Outbox(e.platform, e.id), j.dump());
+  std::string value;
+  value.reserve(160 + e.payload.size() + e.payload.size() / 8);
+  JsonObjectWriter w(value);
+  w.Field("id", e.id).Field("platform", e.platform).Field("target", e.target);
+  w.Field("payload", e.payload).Field("attempts", e.attempts).Field("created_ms", e.created_ms);
+  w.Field("next_attempt_ms", e.next_attempt_ms).Field("last_error", e.last_error);
+  w.Finish();
+  batch.Put(keys::Outbox(e.platform, e.id), value);
 }
 
 void Outbox::Remove(WriteBatch& batch, const std::string& platform, const std::string& id) const {

@@ -37,6 +37,9 @@ TEST(MessageJsonTest, InboundRoundTrip) {
   EXPECT_TRUE(back.mentions_bot);
   EXPECT_EQ(back.timestamp_ms, 42);
   EXPECT_EQ(back.reply_route, m.reply_route);
+  EXPECT_FALSE(back.starts_conversation);
+  m.starts_conversation = true;
+  EXPECT_TRUE(nlohmann::json(m).get<InboundMessage>().starts_conversation);
 }
 
 TEST(MessageJsonTest, OutboundRoundTrip) {
@@ -52,6 +55,31 @@ TEST(MessageJsonTest, OutboundRoundTrip) {
   ASSERT_EQ(back.citations.size(), 1u);
   EXPECT_EQ(back.citations[0], m.citations[0]);
   EXPECT_DOUBLE_EQ(back.confidence, 0.5);
+}
+
+// ToJsonText writes what to_json builds, without the tree, for every field.
+TEST(MessageJsonTest, ToJsonTextMatchesToJson) {
+  OutboundMessage m;
+  m.id = "id1";
+  m.conversation = {"slack", "C1", "1700000000.000100"};
+  m.text = "line \"one\"\n\ttwo — ünïcode `code` \\ end";
+  m.citations = {Citation{"Title", "a.md", "Install > Linux", "https://x/a.md#linux"},
+                 Citation{"Other \"t\"", "b/c.md", "", ""}};
+  m.confidence = 0.7315;
+  m.in_reply_to = "slack:C1:1.2";
+  m.reply_route = "{\"url\":\"http://127.0.0.1:1/x\"}";
+  m.turn_id = "t1";
+  EXPECT_EQ(nlohmann::json::parse(ToJsonText(m)), nlohmann::json(m));
+  m.escalated = true;
+  m.silent = true;
+  m.keep_mentions = true;
+  m.confidence = 1.0;
+  m.actions = {MessageAction{"claim", "Claim", "claim 17", "primary"},
+               MessageAction{"close", "Close", "close 17", ""}};
+  EXPECT_EQ(nlohmann::json::parse(ToJsonText(m)), nlohmann::json(m));
+  EXPECT_EQ(nlohmann::json::parse(ToJsonText(m)).get<OutboundMessage>().actions, m.actions);
+  m = OutboundMessage{};
+  EXPECT_EQ(nlohmann::json::parse(ToJsonText(m)), nlohmann::json(m));
 }
 
 }  // namespace

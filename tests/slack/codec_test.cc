@@ -196,6 +196,7 @@ TEST(ClassifyTest, ChannelMentionOpensThreadOnItsOwnTs) {
   EXPECT_FALSE(m.is_direct);
   EXPECT_EQ(m.event_id, "C0GENERAL1:1712345678.123456");
   EXPECT_EQ(m.timestamp_ms, 1712345678123);
+  EXPECT_TRUE(m.starts_conversation);  // the thread is opened on this message
 }
 
 TEST(ClassifyTest, DoubleDeliveryMapsToOneKey) {
@@ -219,6 +220,7 @@ TEST(ClassifyTest, DirectMessage) {
   EXPECT_TRUE(d.message.is_direct);
   EXPECT_FALSE(d.message.mentions_bot);
   EXPECT_EQ(d.message.thread, "");  // DM root: answered in the main line
+  EXPECT_FALSE(d.message.starts_conversation);  // the DM's main line has history
   EXPECT_EQ(d.message.text, "Where is the expense policy?");
   EXPECT_EQ(d.message.event_id, "D0DIRECT01:1712350000.000200");
   EXPECT_EQ(d.message.timestamp_ms, 1712350000000);
@@ -240,6 +242,7 @@ TEST(ClassifyTest, ThreadReplyNeedsMentionOrFollowup) {
   EventDecision d = Classify(ev, kBot, {}, /*bot_in_thread=*/true);
   ASSERT_TRUE(d.handle);
   EXPECT_EQ(d.message.thread, "1712345678.123456");
+  EXPECT_FALSE(d.message.starts_conversation);
   EXPECT_FALSE(d.message.mentions_bot);
   EXPECT_EQ(d.message.text, "and what about on Windows?");
 

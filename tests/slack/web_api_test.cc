@@ -97,6 +97,28 @@ TEST_F(WebApiTest, OkAndWhatIsSent) {
   EXPECT_EQ(net::FindHeader(LastRequest().headers, "authorization"), "Bearer xapp-app");
 }
 
+// chat.postMessage echoes the whole message back; nobody reads it, so it is not kept. Everything
+// else, nested objects included, is.
+TEST_F(WebApiTest, TheEchoedMessageIsDroppedTheRestKept) {
+  Answer(200, R"({"ok":true,"channel":"C1","ts":"1.2","message":{"type":"message","text":"x",)"
+              R"("blocks":[{"type":"section","text":{"type":"mrkdwn","text":"x"}}],"ts":"1.2"},)"
+              R"("response_metadata":{"warnings":["missing_charset"]},"user":{"id":"U1",)"
+              R"("profile":{"display_name":"Ann"}}})");
+  ApiResult r = Call("chat.postMessage", {{"channel", "C1"}});
+  EXPECT_EQ(r.outcome, Outcome::kOk);
+  EXPECT_EQ(r.body, json::parse(R"({"ok":true,"channel":"C1","ts":"1.2",)"
+                                R"("response_metadata":{"warnings":["missing_charset"]},)"
+                                R"("user":{"id":"U1","profile":{"display_name":"Ann"}}})"));
+  // A scalar "message" goes too; a nested one is ordinary data.
+  Answer(200, R"({"ok":false,"message":"x","error":"e","detail":{"message":{"a":1}}})");
+  ApiResult refused = Call("chat.postMessage", {{"channel", "C1"}});
+  EXPECT_EQ(refused.error, "e");
+  EXPECT_EQ(refused.body, json::parse(R"({"ok":false,"error":"e","detail":{"message":{"a":1}}})"));
+  // Not JSON: still a transient failure without a body.
+  Answer(200, R"({"ok":true,"message":{"text":)");
+  EXPECT_EQ(Call("chat.postMessage", {{"channel", "C1"}}).outcome, Outcome::kTransient);
+}
+
 TEST_F(WebApiTest, FormCallsAreUrlEncoded) {
   Answer(200, R"({"ok":true,"messages":[]})");
   std::promise<ApiResult> done;

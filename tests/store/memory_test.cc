@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "core/clock.h"
+#include "store/keys.h"
 #include "tests/support/temp_dir.h"
 
 namespace parley::store {
@@ -117,6 +118,47 @@ TEST_F(MemoryTest, ForgetClearsTheCache) {
   Say(c, "u", "q2", "a2");
   ASSERT_TRUE(memory_->ForgetUser("webhook", "u").ok());
   EXPECT_TRUE(Texts(c).empty());
+}
+
+// A conversation its platform says is new is answered from the cache: Recent is empty without
+// a store read (a turn written behind the cache's back is not seen), and the turns appended
+// after it are.
+TEST_F(MemoryTest, NewConversationNeedsNoRead) {
+  ConversationKey c{"slack", "C1", "1.000001"};
+  memory_->NoteNew(c);
+  WriteBatch behind;
+  behind.Put(keys::MemoryPrefix(c) + "0000000000000001-000000000000",
+             R"({"role":"user","text":"unseen","ts_ms":1})");
+  ASSERT_TRUE(kv_->Write(behind, true).ok());
+  EXPECT_TRUE(Texts(c).empty());
+  Say(c, "u", "q", "a");
+  EXPECT_EQ(Texts(c), (std::vector<std::string>{"q", "a"}));
+  // A fresh memory object reads the store: the turn written behind the cache is there.
+  ConversationMemory fresh(*kv_, clock_, 0);
+  EXPECT_EQ(fresh.Recent(c, 10, 100000).value().size(), 3u);
+  // Noting a conversation the cache already holds changes nothing.
+  memory_->NoteNew(c);
+  EXPECT_EQ(Texts(c), (std::vector<std::string>{"q", "a"}));
+}
+
+// Turns are written with citations and odd text intact, and read back the same.
+TEST_F(MemoryTest, TurnsRoundTripThroughTheStore) {
+  ConversationKey c{"webhook", "rt", ""};
+  Turn answer{"assistant", "", "quote \" tab \t — ünï \xFF", "t9", clock_.NowMs(),
+              {Citation{"T", "a.md", "S > 1", "https://x/a"}, Citation{"U", "b.md", "", ""}}};
+  WriteBatch b;
+  memory_->Append(b, c, Turn{"user", "U1", "q", "t9", clock_.NowMs(), {}});
+  memory_->Append(b, c, answer);
+  ASSERT_TRUE(kv_->Write(b, true).ok());
+  ConversationMemory fresh(*kv_, clock_, 1);
+  auto turns = fresh.Recent(c, 10, 100000).value();
+  ASSERT_EQ(turns.size(), 2u);
+  EXPECT_EQ(turns[0].user, "U1");
+  EXPECT_EQ(turns[1].role, "assistant");
+  EXPECT_EQ(turns[1].text, "quote \" tab \t — ünï \xEF\xBF\xBD");  // invalid UTF-8 replaced
+  EXPECT_EQ(turns[1].turn_id, "t9");
+  EXPECT_EQ(turns[1].ts_ms, answer.ts_ms);
+  EXPECT_EQ(turns[1].citations, answer.citations);
 }
 
 TEST_F(MemoryTest, UncommittedAppendIsDiscarded) {
