@@ -17,7 +17,6 @@ using nlohmann::json;
 
 constexpr int kMaxTransientAttempts = 10;          // per part, then the reply is dropped
 constexpr int64_t kRefusalNoteIntervalMs = 10 * 60 * 1000;
-constexpr size_t kThreadCacheLimit = 100'000;
 constexpr int kStopDrainMs = 5'000;
 constexpr int64_t kStreamIdleMs = 10 * 60 * 1000;  // a stream without a final is forgotten
 constexpr size_t kMaxStreams = 10'000;             // far behind: no new placeholders
@@ -328,13 +327,12 @@ bool SlackAdapter::BotInThread(const std::string& channel, const std::string& th
   const std::string key = channel + "/" + thread_ts;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (threads_.count(key) > 0) return true;
+    if (threads_.Find(key) != nullptr) return true;
   }
   auto found = kv_.Get(store::keys::SlackThread(channel, thread_ts));
   if (!found.ok()) return false;
   std::lock_guard<std::mutex> lock(mu_);
-  if (threads_.size() >= kThreadCacheLimit) threads_.clear();
-  threads_.insert(key);
+  threads_.Put(key, true, 0);
   return true;
 }
 
@@ -344,8 +342,7 @@ void SlackAdapter::RememberThread(const std::string& channel, const std::string&
   const std::string key = channel + "/" + thread_ts;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (threads_.size() >= kThreadCacheLimit) threads_.clear();
-    threads_.insert(key);
+    threads_.Put(key, true, 0);
   }
   // Written with every reply in the thread (it rides in the reply's outbox removal batch): the
   // in-memory mark may come from intake, before any reply was confirmed.
@@ -427,8 +424,7 @@ void SlackAdapter::OnEvent(const Envelope& envelope) {
                   // written once the reply is posted.)
                   if (!thread.empty()) {
                     std::lock_guard<std::mutex> lock(self->mu_);
-                    if (self->threads_.size() >= kThreadCacheLimit) self->threads_.clear();
-                    self->threads_.insert(channel + "/" + thread);
+                    self->threads_.Put(channel + "/" + thread, true, 0);
                   }
                   self->SignalWorking(channel, ts, true);
                   return;
@@ -1112,8 +1108,7 @@ void SlackAdapter::ReportDelivered(const std::string& channel, Delivery& d, cons
   if (d.message.conversation.thread.empty() && !channel.empty() && channel[0] != 'D') {
     // A root post in a channel (e.g. an escalation card): its thread is the bot's from now on.
     std::lock_guard<std::mutex> lock(mu_);
-    if (threads_.size() >= kThreadCacheLimit) threads_.clear();
-    threads_.insert(channel + "/" + ts);
+    threads_.Put(channel + "/" + ts, true, 0);
   }
   DeliveryListener* listener = delivery_listener();
   if (listener == nullptr) return;

@@ -67,6 +67,7 @@
 #include "core/channel.h"
 #include "core/clock.h"
 #include "core/control.h"
+#include "core/lru.h"
 #include "core/metrics.h"
 #include "net/http.h"
 #include "store/committer.h"
@@ -258,7 +259,9 @@ class SlackAdapter final : public ChannelAdapter,
   BotIdentity bot_;
   std::map<std::string, ChannelQueue> channels_;
   std::unordered_set<std::string> queued_ids_;  // delivery ids queued or in flight
-  std::unordered_set<std::string> threads_;     // "channel/thread_ts" the bot answered in (cache)
+  // "channel/thread_ts" the bot answered in: a cache of the store's marks, least recently used
+  // leaving first past 2 MiB (~15,000 threads).
+  LruMap<bool> threads_{2 << 20};
   std::unordered_map<std::string, int64_t> refused_notes_;  // "channel/user" -> last note ms
   std::unordered_map<std::string, ReactionState> reactions_;  // "channel/ts" working signals
   std::unordered_map<std::string, Stream> streams_;           // streamed replies by id

@@ -42,6 +42,15 @@ class LruMap {
     bytes_ += cost;
   }
 
+  // Drops the entry under `key`, if any.
+  void Erase(std::string_view key) {
+    auto it = index_.find(key);
+    if (it == index_.end()) return;
+    bytes_ -= it->second->cost;
+    auto entry = it->second;
+    index_.erase(it);  // before the entry: the index's key views the entry's string
+    order_.erase(entry);
+  }
   void Clear() {
     index_.clear();
     order_.clear();
@@ -58,14 +67,6 @@ class LruMap {
     size_t cost;
   };
 
-  void Erase(std::string_view key) {
-    auto it = index_.find(key);
-    if (it == index_.end()) return;
-    bytes_ -= it->second->cost;
-    auto entry = it->second;
-    index_.erase(it);  // before the entry: the index's key views the entry's string
-    order_.erase(entry);
-  }
 
   size_t max_bytes_;
   size_t bytes_ = 0;

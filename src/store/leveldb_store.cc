@@ -1,6 +1,12 @@
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include <leveldb/cache.h>
+#include <leveldb/env.h>
 #include <leveldb/db.h>
 #include <leveldb/filter_policy.h>
 #include <leveldb/write_batch.h>
@@ -22,11 +28,59 @@ Status FromLevelDb(const leveldb::Status& s) {
 
 leveldb::Slice ToSlice(std::string_view s) { return leveldb::Slice(s.data(), s.size()); }
 
+// A table file read with pread(2). LevelDB's default environment maps table files into memory
+// instead, so every page a read touches stays in the daemon's resident set (20 MiB more after 30 s
+// at 2,000 Slack events/s); read like this, the pages live in the kernel's page cache, and hot
+// blocks in the block cache.
+class PreadFile final : public leveldb::RandomAccessFile {
+ public:
+  PreadFile(std::string name, int fd) : name_(std::move(name)), fd_(fd) {}
+  ~PreadFile() override { ::close(fd_); }
+  leveldb::Status Read(uint64_t offset, size_t n, leveldb::Slice* result,
+                       char* scratch) const override {
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t r = ::pread(fd_, scratch + done, n - done, static_cast<off_t>(offset + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) {
+        *result = leveldb::Slice(scratch, 0);
+        return leveldb::Status::IOError(name_, std::strerror(errno));
+      }
+      if (r == 0) break;  // end of file: a short read, as LevelDB's own files report it
+      done += static_cast<size_t>(r);
+    }
+    *result = leveldb::Slice(scratch, done);
+    return leveldb::Status::OK();
+  }
+
+ private:
+  std::string name_;
+  int fd_;
+};
+
+// The default environment, with table files read by pread rather than mapped.
+class PreadEnv final : public leveldb::EnvWrapper {
+ public:
+  PreadEnv() : EnvWrapper(leveldb::Env::Default()) {}
+  leveldb::Status NewRandomAccessFile(const std::string& name,
+                                      leveldb::RandomAccessFile** result) override {
+    const int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      *result = nullptr;
+      return errno == ENOENT ? leveldb::Status::NotFound(name, std::strerror(errno))
+                             : leveldb::Status::IOError(name, std::strerror(errno));
+    }
+    *result = new PreadFile(name, fd);
+    return leveldb::Status::OK();
+  }
+};
+
 class LevelDbStore final : public KvStore {
  public:
   LevelDbStore(std::unique_ptr<leveldb::DB> db, std::unique_ptr<leveldb::Cache> cache,
-               std::unique_ptr<const leveldb::FilterPolicy> filter)
-      : cache_(std::move(cache)), filter_(std::move(filter)), db_(std::move(db)) {}
+               std::unique_ptr<const leveldb::FilterPolicy> filter, std::unique_ptr<PreadEnv> env)
+      : env_(std::move(env)), cache_(std::move(cache)), filter_(std::move(filter)),
+        db_(std::move(db)) {}
 
   Result<std::string> Get(std::string_view key) override {
     std::string value;
@@ -103,6 +157,7 @@ class LevelDbStore final : public KvStore {
 
  private:
   // Destroyed after db_ (declaration order is reverse destruction order).
+  std::unique_ptr<PreadEnv> env_;  // destroyed after db_, which uses it
   std::unique_ptr<leveldb::Cache> cache_;
   std::unique_ptr<const leveldb::FilterPolicy> filter_;
   std::unique_ptr<leveldb::DB> db_;
@@ -113,17 +168,23 @@ class LevelDbStore final : public KvStore {
 Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& directory) {
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(directory).parent_path(), ec);
-  // Sized for a small daemon: an 8 MiB block cache (reads that miss are served from the page
-  // cache). Memtables stay at 8 MiB: 4 MiB ones saved ~10 MiB of RSS but doubled the flushes and
-  // level-0 compactions, and 2,000 Slack events/s for 30 s then fell behind (1,741-1,905 replies/s
-  // against 1,976-1,980 with 8 MiB).
-  auto cache = std::unique_ptr<leveldb::Cache>(leveldb::NewLRUCache(8 << 20));
+  // Sized for a small daemon (resident set under 50 MB at 2,000 Slack events/s): a 4 MiB block
+  // cache, since reads that miss it are served from the page cache, and 4 MiB memtables (two can
+  // be resident while one is flushed). With 8 MiB of each the daemon held ~10 MiB more; before
+  // this session's cuts in per-event CPU, 4 MiB memtables (twice the flushes and level-0
+  // compactions) fell behind at 2,000 events/s, and no longer do (bench/README.md).
+  auto cache = std::unique_ptr<leveldb::Cache>(leveldb::NewLRUCache(4 << 20));
   auto filter = std::unique_ptr<const leveldb::FilterPolicy>(leveldb::NewBloomFilterPolicy(10));
+  auto env = std::make_unique<PreadEnv>();
   leveldb::Options options;
+  options.env = env.get();
+  // Each open table holds a descriptor here (LevelDB's default of 1,000 would risk the process's
+  // descriptor limit next to its sockets); tables past this are reopened when read.
+  options.max_open_files = 256;
   options.create_if_missing = true;
   options.block_cache = cache.get();
   options.filter_policy = filter.get();
-  options.write_buffer_size = 8 << 20;
+  options.write_buffer_size = 4 << 20;
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, directory, &raw);
   if (!s.ok()) {
@@ -135,7 +196,7 @@ Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& directory) {
     return FromLevelDb(s);
   }
   return std::unique_ptr<KvStore>(std::make_unique<LevelDbStore>(
-      std::unique_ptr<leveldb::DB>(raw), std::move(cache), std::move(filter)));
+      std::unique_ptr<leveldb::DB>(raw), std::move(cache), std::move(filter), std::move(env)));
 }
 
 bool IsLockedByOtherProcess(const Status& status) {

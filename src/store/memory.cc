@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cinttypes>
 #include <cstdio>
+#include <iterator>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -72,16 +73,22 @@ void ConversationMemory::Append(WriteBatch& batch, const ConversationKey& conv,
   if (turn.role == "user" && !turn.user.empty()) {
     batch.Put(keys::UserPrefix(conv.platform, turn.user) + conv.Encode(), "");
   }
+  std::string encoded = conv.Encode();
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = cache_.find(conv.Encode());
-  if (it == cache_.end()) return;
-  it->second.turns.push_back(turn);
-  cached_bytes_ += ApproxBytes(turn);
-  if (it->second.turns.size() > kCachedTurns) {
-    cached_bytes_ -= ApproxBytes(it->second.turns.front());
-    it->second.turns.pop_front();
-    it->second.complete = false;
+  CachedTurns* found = cache_.Find(encoded);
+  if (found == nullptr) return;
+  CachedTurns cached = std::move(*found);
+  cached.turns.push_back(turn);
+  if (cached.turns.size() > kCachedTurns) {
+    cached.turns.erase(cached.turns.begin());
+    cached.complete = false;
   }
+  CacheLocked(std::move(encoded), std::move(cached));
+}
+
+void ConversationMemory::CacheLocked(std::string encoded, CachedTurns cached) const {
+  const size_t bytes = ApproxBytes(cached);
+  cache_.Put(std::move(encoded), std::move(cached), bytes);
 }
 
 size_t ConversationMemory::ApproxBytes(const Turn& turn) {
@@ -92,21 +99,18 @@ size_t ConversationMemory::ApproxBytes(const Turn& turn) {
   return bytes;
 }
 
-size_t ConversationMemory::ApproxBytes(const std::deque<Turn>& turns) {
-  size_t bytes = 0;
-  for (const Turn& t : turns) bytes += ApproxBytes(t);
+size_t ConversationMemory::ApproxBytes(const CachedTurns& cached) {
+  size_t bytes = (cached.turns.capacity() - cached.turns.size()) * sizeof(Turn);
+  for (const Turn& t : cached.turns) bytes += ApproxBytes(t);
   return bytes;
 }
 
 void ConversationMemory::Invalidate(const ConversationKey& conv) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = cache_.find(conv.Encode());
-  if (it == cache_.end()) return;
-  cached_bytes_ -= ApproxBytes(it->second.turns);
-  cache_.erase(it);
+  cache_.Erase(conv.Encode());
 }
 
-std::vector<Turn> ConversationMemory::Select(const std::deque<Turn>& turns, size_t max_turns,
+std::vector<Turn> ConversationMemory::Select(const std::vector<Turn>& turns, size_t max_turns,
                                              size_t max_chars) const {
   std::vector<Turn> out;
   size_t chars = 0;
@@ -126,14 +130,14 @@ Result<std::vector<Turn>> ConversationMemory::Recent(const ConversationKey& conv
   const std::string encoded = conv.Encode();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = cache_.find(encoded);
-    if (it != cache_.end() && (it->second.complete || it->second.turns.size() >= max_turns)) {
-      return Select(it->second.turns, max_turns, max_chars);
+    const CachedTurns* cached = cache_.Find(encoded);
+    if (cached != nullptr && (cached->complete || cached->turns.size() >= max_turns)) {
+      return Select(cached->turns, max_turns, max_chars);
     }
   }
   // Read the newest turns (at least as many as the cache keeps), newest first.
   const size_t wanted = std::max(max_turns, kCachedTurns);
-  std::deque<Turn> newest_first;
+  std::vector<Turn> newest_first;
   const int64_t cutoff = CutoffMs();
   bool complete = true;
   Status status = kv_.ScanReverse(keys::MemoryPrefix(conv), [&](std::string_view key,
@@ -149,38 +153,24 @@ Result<std::vector<Turn>> ConversationMemory::Recent(const ConversationKey& conv
     return true;
   });
   if (!status.ok()) return status;
-  std::deque<Turn> turns(newest_first.rbegin(), newest_first.rend());
+  // Oldest first; the cache keeps at most kCachedTurns of them.
+  std::vector<Turn> turns(std::make_move_iterator(newest_first.rbegin()),
+                          std::make_move_iterator(newest_first.rend()));
   std::vector<Turn> selected = Select(turns, max_turns, max_chars);
-  while (turns.size() > kCachedTurns) {
-    turns.pop_front();
+  if (turns.size() > kCachedTurns) {
+    turns.erase(turns.begin(), turns.end() - kCachedTurns);
     complete = false;
   }
-  const size_t bytes = ApproxBytes(turns);
   std::lock_guard<std::mutex> lock(mu_);
-  auto old = cache_.find(encoded);
-  if (old != cache_.end()) {
-    cached_bytes_ -= ApproxBytes(old->second.turns);
-    cache_.erase(old);
-  }
-  ReserveCacheLocked(bytes);
-  cache_[encoded] = CachedTurns{std::move(turns), complete};
-  cached_bytes_ += bytes;
+  CacheLocked(encoded, CachedTurns{std::move(turns), complete});
   return selected;
-}
-
-void ConversationMemory::ReserveCacheLocked(size_t bytes) const {
-  if (cache_.size() >= kCachedConversations || cached_bytes_ + bytes > kCachedBytes) {
-    cache_.clear();
-    cached_bytes_ = 0;
-  }
 }
 
 void ConversationMemory::NoteNew(const ConversationKey& conv) const {
   std::string encoded = conv.Encode();
   std::lock_guard<std::mutex> lock(mu_);
-  if (cache_.count(encoded) != 0) return;
-  ReserveCacheLocked(0);
-  cache_.emplace(std::move(encoded), CachedTurns{{}, /*complete=*/true});
+  if (cache_.Find(encoded) != nullptr) return;
+  CacheLocked(std::move(encoded), CachedTurns{{}, /*complete=*/true});
 }
 
 Result<size_t> ConversationMemory::Forget(const ConversationKey& conv) {
@@ -234,8 +224,7 @@ Result<size_t> ConversationMemory::ForgetUser(const std::string& platform,
   status = kv_.Write(batch, /*sync=*/true);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    cache_.clear();
-    cached_bytes_ = 0;
+    cache_.Clear();
   }
   if (!status.ok()) return status;
   return removed;

@@ -6,13 +6,13 @@
 // are expected from its serial executor, so turns keep their order.
 
 #include <cstdint>
-#include <deque>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "core/clock.h"
+#include "core/lru.h"
 #include "core/message.h"
 #include "store/kv_store.h"
 
@@ -57,29 +57,27 @@ class ConversationMemory {
 
  private:
   // The newest turns of recently active conversations, so a turn does not read the store. Filled
-  // by Recent, extended by Append; `complete` when it holds every stored turn.
+  // by Recent (and NoteNew), extended by Append; `complete` when it holds every stored turn.
+  // Least recently used conversations leave first once the cache holds kCachedBytes.
   struct CachedTurns {
-    std::deque<Turn> turns;
+    std::vector<Turn> turns;
     bool complete = false;
   };
   static constexpr size_t kCachedTurns = 16;
-  static constexpr size_t kCachedConversations = 50'000;
-  // Approximate bytes the cache may hold; past it, the cache starts over (keeps RSS flat when
-  // many conversations are active).
-  static constexpr size_t kCachedBytes = 8 * 1024 * 1024;
+  static constexpr size_t kCachedBytes = 4 * 1024 * 1024;
+  // What an entry holds on the heap, roughly: the turns' strings and the vector's slots.
   static size_t ApproxBytes(const Turn& turn);
-  static size_t ApproxBytes(const std::deque<Turn>& turns);
+  static size_t ApproxBytes(const CachedTurns& cached);
+  void CacheLocked(std::string encoded, CachedTurns cached) const;
 
   int64_t CutoffMs() const;
-  // Makes room for `bytes` more in the cache (starting over when full). Caller holds mu_.
-  void ReserveCacheLocked(size_t bytes) const;
-  std::vector<Turn> Select(const std::deque<Turn>& turns, size_t max_turns, size_t max_chars) const;
+  std::vector<Turn> Select(const std::vector<Turn>& turns, size_t max_turns,
+                           size_t max_chars) const;
   KvStore& kv_;
   const Clock& clock_;
   int64_t retention_ms_;
   mutable std::mutex mu_;
-  mutable std::unordered_map<std::string, CachedTurns> cache_;
-  mutable size_t cached_bytes_ = 0;  // ApproxBytes of everything in cache_
+  mutable LruMap<CachedTurns> cache_{kCachedBytes};
 };
 
 }  // namespace parley::store

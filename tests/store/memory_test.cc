@@ -161,6 +161,28 @@ TEST_F(MemoryTest, TurnsRoundTripThroughTheStore) {
   EXPECT_EQ(turns[1].citations, answer.citations);
 }
 
+// More conversations than the cache's budget holds: the least recently used leave it, and what
+// Recent answers is the same whether it comes from the cache or the store.
+TEST_F(MemoryTest, EvictionKeepsAnswersRight) {
+  const std::string long_text(3000, 'x');
+  const int kConversations = 2000;  // ~12 MB of turns against a 4 MiB cache
+  WriteBatch b;
+  for (int i = 0; i < kConversations; ++i) {
+    ConversationKey c{"slack", "C1", std::to_string(i)};
+    memory_->NoteNew(c);
+    memory_->Append(b, c, Turn{"user", "u", "q" + std::to_string(i), "t", clock_.NowMs(), {}});
+    memory_->Append(b, c, Turn{"assistant", "", long_text + std::to_string(i), "t", clock_.NowMs(),
+                               {}});
+  }
+  ASSERT_TRUE(kv_->Write(b, true).ok());
+  for (int i : {0, 1, kConversations / 2, kConversations - 1}) {
+    ConversationKey c{"slack", "C1", std::to_string(i)};
+    EXPECT_EQ(Texts(c), (std::vector<std::string>{"q" + std::to_string(i),
+                                                  long_text + std::to_string(i)}))
+        << i;
+  }
+}
+
 TEST_F(MemoryTest, UncommittedAppendIsDiscarded) {
   ConversationKey c{"webhook", "failed", ""};
   Say(c, "u", "q", "a");
