@@ -63,8 +63,12 @@ class ConversationMemory {
     std::vector<Turn> turns;
     bool complete = false;
   };
-  static constexpr size_t kCachedTurns = 16;
-  static constexpr size_t kCachedBytes = 4 * 1024 * 1024;
+  // Enough turns for the default engine.memory_turns (6) and an LLM turn's window (+2); a larger
+  // memory_turns reads the store. The budget holds every conversation of a busy webhook client
+  // (512 conversations of 8 turns with citations is ~4.5 MiB): an LRU smaller than the working
+  // set misses on every access when conversations take turns.
+  static constexpr size_t kCachedTurns = 8;
+  static constexpr size_t kCachedBytes = 6 * 1024 * 1024;
   // What an entry holds on the heap, roughly: the turns' strings and the vector's slots.
   static size_t ApproxBytes(const Turn& turn);
   static size_t ApproxBytes(const CachedTurns& cached);
