@@ -826,6 +826,7 @@ std::string DetailRow(const RunResult& r) {
 }
 
 int Main(int argc, char** argv) {
+  KeepHeapsGrown();
   Options o;
   if (!ParseArgs(argc, argv, &o)) {
     Usage();

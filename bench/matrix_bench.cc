@@ -706,6 +706,7 @@ std::string DetailRow(const StepResult& r) {
 }
 
 int Main(int argc, char** argv) {
+  KeepHeapsGrown();
   Options o;
   if (!ParseArgs(argc, argv, &o)) {
     Usage();

@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "adapters/slack/mrkdwn.h"
+#include "core/json_write.h"
 
 namespace parley::slack {
 namespace {
@@ -212,13 +213,31 @@ const char* IgnoreReasonName(IgnoreReason reason) {
 
 // ---------------------------------------------------------------------------------------------
 
+json ParseJsonWithout(std::string_view text, int depth, std::string_view key) {
+  bool dropping = false;  // the last key at `depth` was `key`: its value is being left out
+  json::parser_callback_t drop = [&](int at, json::parse_event_t event, json& parsed) {
+    using E = json::parse_event_t;
+    if (event == E::key && at <= depth) {
+      dropping = at == depth && parsed.is_string() && parsed.get_ref<const std::string&>() == key;
+      return !dropping;
+    }
+    if ((event == E::object_end || event == E::array_end) && at < depth) dropping = false;
+    // Refuse every container inside the dropped value, so nothing below it is built either.
+    return !(dropping && (at > depth || (at == depth && (event == E::object_start ||
+                                                         event == E::array_start))));
+  };
+  // allow_exceptions=false: a parse error gives a discarded value instead of an exception whose
+  // message would quote the input.
+  return json::parse(text.begin(), text.end(), drop, /*allow_exceptions=*/false);
+}
+
 Result<Envelope> ParseEnvelope(std::string_view frame) {
   if (!NestingWithin(frame, kMaxFrameDepth)) {
     return Status::InvalidArgument("slack frame: nested too deeply");
   }
-  // allow_exceptions=false: a parse error gives a discarded value instead of an exception whose
-  // message would quote the input.
-  json j = json::parse(frame.begin(), frame.end(), nullptr, /*allow_exceptions=*/false);
+  // Without the rich-text "blocks" of payload.event (events) and payload.message (interactions):
+  // the same text again, as a tree nothing here reads.
+  json j = ParseJsonWithout(frame, 3, "blocks");
   if (j.is_discarded()) return Status::InvalidArgument("slack frame: not valid JSON");
   if (!j.is_object()) return Status::InvalidArgument("slack frame: not a JSON object");
   Envelope e;
@@ -277,9 +296,11 @@ Result<Envelope> ParseEnvelope(std::string_view frame) {
       break;
   }
   if (e.envelope_id.empty()) return Status::InvalidArgument(what + ": empty 'envelope_id'");
-  const json* payload = ObjectAt(j, "payload");
-  if (payload == nullptr) return Status::InvalidArgument(what + ": no object 'payload'");
-  e.payload = *payload;
+  auto payload = j.find("payload");
+  if (payload == j.end() || !payload->is_object()) {
+    return Status::InvalidArgument(what + ": no object 'payload'");
+  }
+  e.payload = std::move(*payload);
   if (ReadBool(j, "accepts_response_payload", &e.accepts_response_payload) == Field::kWrongType) {
     return WrongType(what, "accepts_response_payload");
   }
@@ -506,21 +527,33 @@ std::string CitationText(const Citation& c) {
   return "<" + EscapeMrkdwn(url) + "|" + EscapeMrkdwn(label) + ">";
 }
 
-json Section(const std::string& mrkdwn) {
-  return {{"type", "section"}, {"text", {{"type", "mrkdwn"}, {"text", mrkdwn}}}};
+// The bodies are written as JSON text straight away (core/json_write.h): they are built for every
+// reply, and a tree of them cost a tenth of the reply path. Blocks are appended to `out`.
+
+void AppendSection(std::string& out, std::string_view mrkdwn) {
+  out += R"({"type":"section","text":{"type":"mrkdwn","text":)";
+  AppendJsonString(out, mrkdwn);
+  out += "}}";
 }
 
-json FeedbackActions(const std::string& message_id) {
-  auto button = [&](const char* action_id, const char* label) {
-    return json{{"type", "button"},
-                {"action_id", action_id},
-                {"text", {{"type", "plain_text"}, {"text", label}, {"emoji", true}}},
-                {"value", message_id}};
-  };
-  return {{"type", "actions"},
-          {"block_id", "parley_feedback"},
-          {"elements", json::array({button(kFeedbackHelpfulAction, "Helpful"),
-                                    button(kFeedbackUnhelpfulAction, "Not helpful")})}};
+void AppendButton(std::string& out, std::string_view action_id, std::string_view label,
+                  std::string_view value, std::string_view style = {}) {
+  JsonObjectWriter button(out);
+  button.Field("type", "button").Field("action_id", action_id);
+  JsonObjectWriter text(button.Key("text"));
+  text.Field("type", "plain_text").Field("text", label).Field("emoji", true);
+  text.Finish();
+  button.Field("value", value);
+  if (!style.empty()) button.Field("style", style);
+  button.Finish();
+}
+
+void AppendFeedbackActions(std::string& out, const std::string& message_id) {
+  out += R"({"type":"actions","block_id":"parley_feedback","elements":[)";
+  AppendButton(out, kFeedbackHelpfulAction, "Helpful", message_id);
+  out.push_back(',');
+  AppendButton(out, kFeedbackUnhelpfulAction, "Not helpful", message_id);
+  out += "]}";
 }
 
 constexpr size_t kMaxButtons = 25;      // Slack's limit per actions block
@@ -534,22 +567,45 @@ std::string CutUtf8(std::string s, size_t n) {
   return s;
 }
 
-json MessageActions(const std::vector<MessageAction>& actions) {
-  json elements = json::array();
+// The actions block of m.actions, or "" when none is usable.
+std::string MessageActions(const std::vector<MessageAction>& actions) {
+  std::string out = R"({"type":"actions","block_id":"parley_actions","elements":[)";
+  size_t buttons = 0;
   for (const MessageAction& a : actions) {
-    if (elements.size() == kMaxButtons) break;
+    if (buttons == kMaxButtons) break;
     if (a.id.empty() || a.label.empty()) continue;
-    json button{
-        {"type", "button"},
-        {"action_id", std::string(kMessageActionPrefix) + CutUtf8(a.id, 200)},
-        {"text",
-         {{"type", "plain_text"}, {"text", CutUtf8(a.label, kMaxButtonLabel)}, {"emoji", true}}},
-        {"value", CutUtf8(a.value, kMaxButtonValue)}};
-    if (a.style == "primary" || a.style == "danger") button["style"] = a.style;
-    elements.push_back(std::move(button));
+    if (buttons++ > 0) out.push_back(',');
+    AppendButton(out, std::string(kMessageActionPrefix) + CutUtf8(a.id, 200),
+                 CutUtf8(a.label, kMaxButtonLabel), CutUtf8(a.value, kMaxButtonValue),
+                 a.style == "primary" || a.style == "danger" ? a.style : std::string());
   }
-  if (elements.empty()) return json();
-  return {{"type", "actions"}, {"block_id", "parley_actions"}, {"elements", std::move(elements)}};
+  if (buttons == 0) return "";
+  out += "]}";
+  return out;
+}
+
+// Appends the body's members after blocks: unfurl_links, thread_ts, metadata.
+void FinishBody(JsonObjectWriter& body, const std::string& thread_ts, const std::string& id,
+                const char* event_type, int64_t part) {
+  body.Field("unfurl_links", false);
+  if (!thread_ts.empty()) body.Field("thread_ts", thread_ts);
+  if (!id.empty()) {
+    JsonObjectWriter metadata(body.Key("metadata"));
+    metadata.Field("event_type", event_type);
+    JsonObjectWriter payload(metadata.Key("event_payload"));
+    payload.Field("message_id", id);
+    if (part >= 0) payload.Field("part", part);
+    payload.Finish();
+    metadata.Finish();
+  }
+  body.Finish();
+}
+
+std::vector<json> ParseEach(const std::vector<std::string>& texts) {
+  std::vector<json> out;
+  out.reserve(texts.size());
+  for (const std::string& text : texts) out.push_back(json::parse(text));
+  return out;
 }
 
 // Undoes the entity escaping of Slack's mention markup (<!here>, <!subteam^S1|@team>, <@U1>,
@@ -581,51 +637,61 @@ std::string RestoreMentions(const std::string& mrkdwn) {
 
 }  // namespace
 
-std::vector<json> BuildPostMessage(const OutboundMessage& m, const std::string& channel,
-                                   const std::string& thread_ts, bool feedback_buttons) {
+std::vector<std::string> BuildPostMessageText(const OutboundMessage& m, const std::string& channel,
+                                              const std::string& thread_ts,
+                                              bool feedback_buttons) {
   std::string mrkdwn = MarkdownToMrkdwn(m.text);
   if (m.keep_mentions) mrkdwn = RestoreMentions(mrkdwn);
   std::vector<std::string> parts = SplitForSlack(mrkdwn, kMessageLimit);
   if (parts.empty()) parts.emplace_back("…");  // text must never be empty
-  std::vector<json> bodies;
+  std::vector<std::string> bodies;
   bodies.reserve(parts.size());
   for (size_t p = 0; p < parts.size(); ++p) {
     const bool last = p + 1 == parts.size();
-    json blocks = json::array();
+    std::string out;
+    out.reserve(parts[p].size() * 2 + 512);
+    JsonObjectWriter body(out);
+    body.Field("channel", channel).Field("text", parts[p]);
+    body.Key("blocks").push_back('[');
+    size_t blocks = 0;
+    auto next_block = [&]() -> std::string& {
+      if (blocks++ > 0) out.push_back(',');
+      return out;
+    };
     for (const std::string& section : SplitForSlack(parts[p], kSectionLimit)) {
-      blocks.push_back(Section(section));
+      AppendSection(next_block(), section);
     }
     if (last) {
-      json actions = MessageActions(m.actions);
-      const size_t reserved = (feedback_buttons ? 1 : 0) + (actions.is_null() ? 0 : 1);
-      json context;
+      const std::string actions = MessageActions(m.actions);
+      const size_t reserved = (feedback_buttons ? 1 : 0) + (actions.empty() ? 0 : 1);
+      std::string context;  // the context block being filled
+      size_t elements = 0;
       for (const Citation& c : m.citations) {
-        if (blocks.size() + reserved >= kMaxBlocks) break;
-        if (context.is_null()) context = {{"type", "context"}, {"elements", json::array()}};
-        context["elements"].push_back({{"type", "mrkdwn"}, {"text", CitationText(c)}});
-        if (context["elements"].size() == kContextElements) {
-          blocks.push_back(std::move(context));
-          context = json();
+        if (blocks + reserved >= kMaxBlocks) break;
+        context += elements == 0 ? R"({"type":"context","elements":[)" : ",";
+        context += R"({"type":"mrkdwn","text":)";
+        AppendJsonString(context, CitationText(c));
+        context.push_back('}');
+        if (++elements == kContextElements) {
+          next_block() += context + "]}";
+          context.clear();
+          elements = 0;
         }
       }
-      if (!context.is_null() && blocks.size() + reserved < kMaxBlocks) {
-        blocks.push_back(std::move(context));
-      }
-      if (!actions.is_null()) blocks.push_back(std::move(actions));
-      if (feedback_buttons) blocks.push_back(FeedbackActions(m.id));
+      if (elements > 0 && blocks + reserved < kMaxBlocks) next_block() += context + "]}";
+      if (!actions.empty()) next_block() += actions;
+      if (feedback_buttons) AppendFeedbackActions(next_block(), m.id);
     }
-    json body = {{"channel", channel},
-                 {"text", parts[p]},
-                 {"blocks", std::move(blocks)},
-                 {"unfurl_links", false}};
-    if (!thread_ts.empty()) body["thread_ts"] = thread_ts;
-    if (!m.id.empty()) {
-      body["metadata"] = {{"event_type", kReplyEventType},
-                          {"event_payload", {{"message_id", m.id}, {"part", p}}}};
-    }
-    bodies.push_back(std::move(body));
+    out.push_back(']');
+    FinishBody(body, thread_ts, m.id, kReplyEventType, static_cast<int64_t>(p));
+    bodies.push_back(std::move(out));
   }
   return bodies;
+}
+
+std::vector<json> BuildPostMessage(const OutboundMessage& m, const std::string& channel,
+                                   const std::string& thread_ts, bool feedback_buttons) {
+  return ParseEach(BuildPostMessageText(m, channel, thread_ts, feedback_buttons));
 }
 
 json BuildPartialMessage(const OutboundMessage& m, const std::string& channel,
@@ -634,21 +700,20 @@ json BuildPartialMessage(const OutboundMessage& m, const std::string& channel,
   std::vector<std::string> parts =
       SplitForSlack(MarkdownToMrkdwn(m.text), kMessageLimit - marker.size());
   std::string first = parts.empty() ? std::string() : std::move(parts.front());
-  json blocks = json::array();
   std::vector<std::string> sections = SplitForSlack(first, kSectionLimit - marker.size());
   if (sections.empty()) sections.emplace_back();
   sections.back() += marker;
-  for (const std::string& section : sections) blocks.push_back(Section(section));
-  json body = {{"channel", channel},
-               {"text", first + marker},
-               {"blocks", std::move(blocks)},
-               {"unfurl_links", false}};
-  if (!thread_ts.empty()) body["thread_ts"] = thread_ts;
-  if (!m.id.empty()) {
-    body["metadata"] = {{"event_type", kPartialEventType},
-                        {"event_payload", {{"message_id", m.id}}}};
+  std::string out;
+  JsonObjectWriter body(out);
+  body.Field("channel", channel).Field("text", first + marker);
+  body.Key("blocks").push_back('[');
+  for (size_t i = 0; i < sections.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendSection(out, sections[i]);
   }
-  return body;
+  out.push_back(']');
+  FinishBody(body, thread_ts, m.id, kPartialEventType, /*part=*/-1);
+  return json::parse(out);
 }
 
 json UpdateBody(json post_body, const std::string& ts) {

@@ -86,6 +86,13 @@ struct Envelope {
   }
 };
 
+// Parses text as json::parse(text, nullptr, /*allow_exceptions=*/false) would (discarded when it
+// is not valid JSON), leaving out every member named `key` of the objects at nesting `depth`
+// (1 = the members of the top-level object, 2 = of the objects those hold, ...): no tree is built
+// for parts nobody reads, such as the blocks repeated in every event and every reply's echo.
+[[nodiscard]] nlohmann::json ParseJsonWithout(std::string_view text, int depth,
+                                              std::string_view key);
+
 // Parses one text frame. InvalidArgument for: invalid JSON (including invalid UTF-8 and nesting
 // deeper than 256), a non-object frame, a missing or non-string "type", an envelope kind without
 // a non-empty string envelope_id or without an object payload, and known fields of the wrong type.
@@ -208,6 +215,10 @@ int64_t TsToMillis(std::string_view ts);
 // whose value is m.id. ≤ 50 blocks per body.
 std::vector<nlohmann::json> BuildPostMessage(const OutboundMessage& m, const std::string& channel,
                                              const std::string& thread_ts, bool feedback_buttons);
+// The same bodies as JSON text, ready to send: what the reply path uses (no tree is built).
+std::vector<std::string> BuildPostMessageText(const OutboundMessage& m, const std::string& channel,
+                                              const std::string& thread_ts,
+                                              bool feedback_buttons);
 
 // The chat.postMessage body of an answer still being written (m.text is the text so far): the
 // first part of its mrkdwn (as BuildPostMessage would split it, a little shorter) followed by

@@ -1064,15 +1064,14 @@ void SlackAdapter::Attempt(const std::string& channel) {
   // agents' channels (the desk's answers to agents).
   const bool buttons = config_.feedback_buttons && !d->message.in_reply_to.empty() &&
                        !d->message.escalated && !IsAgentChannel(channel);
-  std::vector<json> bodies = BuildPostMessage(d->message, channel, thread_ts, buttons);
+  std::vector<std::string> bodies = BuildPostMessageText(d->message, channel, thread_ts, buttons);
   if (d->parts_done >= static_cast<int>(bodies.size())) return Complete(channel, Status::Ok());
   if (!placeholder_ts.empty()) {
-    return AttemptFinalEdit(channel, *d, bodies[0], placeholder_ts, bodies.size());
+    return AttemptFinalEdit(channel, *d, json::parse(bodies[0]), placeholder_ts, bodies.size());
   }
-  const json& body = bodies[d->parts_done];
   auto self = shared_from_this();
-  api_.Call(
-      "chat.postMessage", body, Token::kBot,
+  api_.CallWithJsonText(
+      "chat.postMessage", std::move(bodies[d->parts_done]), Token::kBot,
       [self, channel, d, thread_ts, parts = bodies.size()](ApiResult r) {
         switch (r.outcome) {
           case Outcome::kOk: {

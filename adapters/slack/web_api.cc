@@ -34,20 +34,7 @@ int64_t RetryAfterMs(const net::Headers& headers) {
 // Parses a Web API response without the echo of the posted message (the top-level "message" of
 // chat.postMessage and chat.update: every block of the reply again, which no caller reads), so
 // the reply path does not build a tree for it. Discarded (not an object) when it is not JSON.
-json ParseResponse(const std::string& body) {
-  bool in_message = false;
-  json::parser_callback_t drop_message = [&in_message](int depth, json::parse_event_t event,
-                                                       json& parsed) {
-    if (event == json::parse_event_t::key && depth == 1) {
-      in_message = parsed.is_string() && parsed.get_ref<const std::string&>() == "message";
-      return !in_message;
-    }
-    // Inside the dropped value: refuse every container so nothing below it is built.
-    return !(in_message && depth >= 1 && (depth >= 2 || event == json::parse_event_t::object_start ||
-                                          event == json::parse_event_t::array_start));
-  };
-  return json::parse(body, drop_message, /*allow_exceptions=*/false);
-}
+json ParseResponse(const std::string& body) { return ParseJsonWithout(body, 1, "message"); }
 
 // "scheme://host[:port]" of url, lowercased scheme and host; empty when malformed.
 std::string Origin(const std::string& url) {
@@ -99,8 +86,13 @@ int64_t WebApi::PausedForMs(const std::string& limit_key) const {
 
 void WebApi::Call(const std::string& method, const json& args, Token token, ApiCallback done,
                   const std::string& limit_key) {
-  Post(method, base_url_ + method, DumpJson(args), "application/json; charset=utf-8", &TokenOf(token),
-       limit_key.empty() ? method : limit_key, std::move(done));
+  CallWithJsonText(method, DumpJson(args), token, std::move(done), limit_key);
+}
+
+void WebApi::CallWithJsonText(const std::string& method, std::string args, Token token,
+                              ApiCallback done, const std::string& limit_key) {
+  Post(method, base_url_ + method, std::move(args), "application/json; charset=utf-8",
+       &TokenOf(token), limit_key.empty() ? method : limit_key, std::move(done));
 }
 
 void WebApi::CallForm(const std::string& method,

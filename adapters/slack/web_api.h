@@ -63,6 +63,9 @@ class WebApi {
   // (empty = method). Does not wait for a pause itself: callers check PausedForMs first.
   void Call(const std::string& method, const nlohmann::json& args, Token token,
             ApiCallback done, const std::string& limit_key = "");
+  // The same with args already written as a JSON object's text (BuildPostMessageText).
+  void CallWithJsonText(const std::string& method, std::string args, Token token,
+                        ApiCallback done, const std::string& limit_key = "");
 
   // POSTs args form-encoded (application/x-www-form-urlencoded): the read methods such as
   // conversations.history and conversations.replies take no JSON bodies.

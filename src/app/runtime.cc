@@ -138,7 +138,10 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   auto kv = store::OpenLevelDb(DatabasePath(config));
   if (!kv.ok()) return kv.status();
   rt->kv = std::move(kv.value());
-  rt->committer = std::make_unique<store::Committer>(*rt->kv);
+  store::CommitterOptions committer_options;
+  committer_options.metrics = &rt->metrics;
+  committer_options.min_sync_interval_us = config.store.sync_interval_us;
+  rt->committer = std::make_unique<store::Committer>(*rt->kv, committer_options);
   knowledge::IndexOptions index_options;
   index_options.cache_bytes = static_cast<size_t>(config.knowledge.cache_mb) << 20;
   index_options.cache_hits = &rt->metrics.GetCounter(

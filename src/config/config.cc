@@ -928,6 +928,7 @@ class Parser {
           {"path", PathField(&c.store.path, /*required=*/true)},
           {"retention_days", IntField(&c.store.retention_days, 0, 36500)},
           {"dedupe_hours", IntField(&c.store.dedupe_hours, 1, 87600)},
+          {"sync_interval_us", IntField(&c.store.sync_interval_us, 0, 100'000)},
       };
     }
     if (name == "server") {

@@ -181,15 +181,23 @@ Result<size_t> Router::ReplayInbox() {
 }
 
 void Router::Enqueue(Job job) {
-  const std::string key = job.message.conversation().Encode();
-  bool start = false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto& queue = queues_[key];
-    start = queue.empty();
-    queue.push_back(std::move(job));
+  std::string key = job.message.conversation().Encode();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& queue = queues_[key];
+  const bool start = queue.empty();  // else the turn running in it will start this one
+  queue.push_back(std::move(job));
+  if (start) {
+    ready_.push_back(std::move(key));
+    PostReadyLocked();
   }
-  if (start) boost::asio::post(io_, [this, key] { DrainOne(key); });
+}
+
+void Router::PostReadyLocked() {
+  while (posted_ < kMaxPostedTurns && !ready_.empty()) {
+    ++posted_;
+    boost::asio::post(io_, [this, key = std::move(ready_.front())] { DrainOne(key); });
+    ready_.pop_front();
+  }
 }
 
 void Router::DrainOne(std::string key) {
@@ -197,6 +205,10 @@ void Router::DrainOne(std::string key) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     job = &queues_[key].front();  // stays valid: only this chain pops the front
+    // The next ready turn goes to the back of the io_context's queue, behind whatever socket
+    // reads completed meanwhile.
+    --posted_;
+    PostReadyLocked();
   }
   const std::string turn_id = NewShortId();
   const InboundMessage& message = job->message;
@@ -311,18 +323,15 @@ void Router::Commit(const std::string& key, Job* job, const std::string& turn_id
 }
 
 void Router::Finish(const std::string& key) {
-  bool more = false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = queues_.find(key);
-    it->second.pop_front();
-    if (it->second.empty()) {
-      queues_.erase(it);
-    } else {
-      more = true;
-    }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = queues_.find(key);
+  it->second.pop_front();
+  if (it->second.empty()) {
+    queues_.erase(it);
+    return;
   }
-  if (more) boost::asio::post(io_, [this, key] { DrainOne(key); });
+  ready_.push_back(key);  // behind the conversations already waiting
+  PostReadyLocked();
 }
 
 void Router::TurnDone() {

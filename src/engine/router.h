@@ -13,6 +13,13 @@
 // conversation) gets its inbox record then, in a synced write of its own, and `accepted` runs
 // when that is on disk; its commit later removes the record. Either way `accepted` means what it
 // always meant: a crash from then on loses nothing (the turn is replayed, or was answered).
+//
+// Turns wait in the router, not in the io_context: conversations whose next turn may start queue
+// in a ready list, and at most kMaxPostedTurns of them are posted to the io_context at a time
+// (each posts the next as it starts). asio runs posted handlers in order and polls the sockets
+// only between them, so a backlog of thousands of posted turns would hold back every socket read
+// behind it, and with the reads the acknowledgements platforms wait for (Slack redelivers what is
+// not acknowledged within 3 s, which only adds work). This way reads and turns take turns.
 // Thread-safety: thread-safe.
 
 #include <atomic>
@@ -84,6 +91,8 @@ class Router final : public InboundSink {
   // Writes the inbox record now; the job is enqueued once it is durable (intake_grace_ms = 0).
   void RecordThenEnqueue(Job job, std::function<void(IntakeResult)> accepted);
   void Enqueue(Job job);
+  // With mu_ held: posts ready conversations' turns up to kMaxPostedTurns.
+  void PostReadyLocked();
   void DrainOne(std::string key);
   // Records the finished turn in one atomic write, then hands the reply to the sink.
   void Commit(const std::string& key, Job* job, const std::string& turn_id, TurnOutput out);
@@ -104,8 +113,14 @@ class Router final : public InboundSink {
   net::KeyedRateLimiter conversation_limiter_;
   const int64_t intake_grace_ms_;
 
+  // Turns posted to the io_context and not yet started: enough to keep every io thread busy,
+  // few enough that socket reads are never far behind.
+  static constexpr size_t kMaxPostedTurns = 2;
+
   std::mutex mu_;
   std::map<std::string, std::deque<Job>> queues_;  // conversations with queued or running turns
+  std::deque<std::string> ready_;  // conversations whose front job may start, oldest first
+  size_t posted_ = 0;              // DrainOne handlers posted and not yet running
   bool stopping_ = false;
   std::function<void()> on_drained_;
   std::atomic<size_t> in_flight_{0};

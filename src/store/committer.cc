@@ -1,8 +1,22 @@
 #include "store/committer.h"
 
+#include <algorithm>
+
 namespace parley::store {
 
-Committer::Committer(KvStore& store) : store_(store), thread_([this] { Run(); }) {}
+Committer::Committer(KvStore& store, CommitterOptions options)
+    : store_(store), min_sync_interval_(std::max<int64_t>(0, options.min_sync_interval_us)) {
+  if (options.metrics != nullptr) {
+    constexpr const char* kWrites = "parley_store_writes_total";
+    constexpr const char* kWritesHelp = "Store writes by the group committer, synced or not";
+    writes_synced_ = &options.metrics->GetCounter(kWrites, kWritesHelp, "sync=\"true\"");
+    writes_unsynced_ = &options.metrics->GetCounter(kWrites, kWritesHelp, "sync=\"false\"");
+    batches_written_ = &options.metrics->GetCounter(
+        "parley_store_batches_total", "Batches submitted to the group committer and written");
+  }
+  // Started last: Run reads the members above.
+  thread_ = std::thread([this] { Run(); });
+}
 
 Committer::~Committer() { Shutdown(); }
 
@@ -11,6 +25,7 @@ void Committer::Submit(WriteBatch batch, std::function<void(Status)> done, bool 
     std::lock_guard<std::mutex> lock(mu_);
     if (!stopping_) {
       queue_.push_back({std::move(batch), std::move(done), sync});
+      if (sync) ++queued_syncs_;
       cv_.notify_one();
       return;
     }
@@ -40,12 +55,21 @@ uint64_t Committer::batches() const {
 
 void Committer::Run() {
   std::vector<Pending> work;
+  // When the last synced write started; the next may not start before min_sync_interval_ after.
+  auto last_sync = std::chrono::steady_clock::time_point::min();
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty() && stopping_) return;
+      if (queued_syncs_ > 0 && min_sync_interval_.count() > 0 &&
+          last_sync != std::chrono::steady_clock::time_point::min()) {
+        // Unsynced batches alone are written at once; a sync waits out the interval, and
+        // everything that arrives meanwhile shares it. Shutdown does not wait.
+        cv_.wait_until(lock, last_sync + min_sync_interval_, [this] { return stopping_; });
+      }
       work.swap(queue_);
+      queued_syncs_ = 0;
     }
     WriteBatch merged;
     bool sync = false;
@@ -53,11 +77,16 @@ void Committer::Run() {
       merged.Append(p.batch);
       sync = sync || p.sync;
     }
+    if (sync) last_sync = std::chrono::steady_clock::now();
     Status status = store_.Write(merged, sync);
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++commits_;
       batches_ += work.size();
+    }
+    if (batches_written_ != nullptr) {
+      (sync ? writes_synced_ : writes_unsynced_)->Add();
+      batches_written_->Add(work.size());
     }
     for (Pending& p : work) {
       if (p.done) p.done(status);

@@ -2,6 +2,7 @@
 
 #include "engine/router.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include <thread>
 
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
 #include <gtest/gtest.h>
 
 #include "store/keys.h"
@@ -270,6 +272,49 @@ TEST_F(RouterTest, ShutdownWaitsForTurnsInFlight) {
   EXPECT_EQ(sink_.replies().size(), 10u);
   EXPECT_EQ(Submit(Message("late", "u", "refunds?", "late")).status.code(),
             Status::Code::kUnavailable);
+}
+
+// Counts the turns that started.
+class CountingHooks final : public TurnHooks {
+ public:
+  bool BeforeTurn(const InboundMessage&) override {
+    ++started;
+    return false;
+  }
+  void AfterTurn(const InboundMessage&, TurnOutput&) override {}
+  std::atomic<int> started{0};
+};
+
+TEST_F(RouterTest, ABacklogOfTurnsDoesNotHoldBackOtherWork) {
+  // A router on an io_context of its own that this thread runs, one handler at a time.
+  boost::asio::io_context io;
+  auto work = boost::asio::make_work_guard(io);  // commits complete from the committer's thread
+  RouterOptions options;
+  Router router(io, *engine_, *kv_, *committer_, sink_, clock_, options, metrics_);
+  CountingHooks hooks;
+  router.SetHooks(&hooks);
+  constexpr int kTurns = 50;
+  for (int i = 0; i < kTurns; ++i) {  // a burst of new conversations, as a socket read brings it
+    router.OnInbound(Message("burst" + std::to_string(i), "u" + std::to_string(i), "refunds?",
+                             "b" + std::to_string(i)),
+                     IntakeOptions{false}, nullptr);
+  }
+  // Then other work, e.g. the next socket read with an acknowledgement to send: it runs after
+  // the turns already posted to the io_context (at most two), not after the whole backlog.
+  int started_before_other_work = -1;
+  boost::asio::post(io, [&] { started_before_other_work = hooks.started.load(); });
+  while (started_before_other_work < 0 && io.run_one() > 0) {
+  }
+  EXPECT_GE(started_before_other_work, 1);
+  EXPECT_LE(started_before_other_work, 2);
+  // And the backlog is answered in full.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (sink_.replies().size() < kTurns && std::chrono::steady_clock::now() < deadline) {
+    io.run_one_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(sink_.replies().size(), size_t{kTurns});
+  EXPECT_EQ(hooks.started.load(), kTurns);
+  EXPECT_EQ(router.InFlight(), 0u);
 }
 
 // Holds every turn in BeforeTurn until released (the bot then answers as usual).

@@ -82,6 +82,40 @@ TEST(ParseEnvelopeTest, EventsApiEnvelope) {
   EXPECT_EQ(retry.retry_reason, "timeout");
 }
 
+TEST(ParseEnvelopeTest, LeavesOutTheEventsBlocksOnly) {
+  const std::string text = Fixture("app_mention_envelope.json");
+  json full = json::parse(text);
+  ASSERT_TRUE(full["payload"]["event"].contains("blocks"));  // the fixture has them, as Slack's
+  full["payload"]["event"].erase("blocks");
+  EXPECT_EQ(ParseFixture("app_mention_envelope.json").payload, full["payload"]);
+  // The event is read the same without them.
+  EXPECT_EQ(EventFixture("app_mention_envelope.json").text,
+            full["payload"]["event"]["text"].get<std::string>());
+}
+
+TEST(ParseJsonWithoutTest, DropsTheKeyAtThatDepthOnly) {
+  // Members named "blocks" at other depths (including inside arrays, which count as a level)
+  // and the rest of every object stay; a dropped value's nested containers go with it.
+  const std::string text =
+      R"({"payload":{"event":{"text":"hi","blocks":[{"type":"rich_text","elements":[{"x":[1,2]}]}],)"
+      R"("ts":"1","more":{"blocks":0}},"list":[{"blocks":[1]},{"k":{"blocks":2}}],"blocks":"kept",)"
+      R"("after":[[{"c":1}],{"d":[2,{"blocks":5}]}]},"blocks":[3],"x":{"y":{"blocks":{"z":[]}}}})";
+  json want = json::parse(text);
+  want["payload"]["event"].erase("blocks");
+  want["x"]["y"].erase("blocks");
+  EXPECT_EQ(ParseJsonWithout(text, 3, "blocks"), want);
+  json top = json::parse(text);
+  top.erase("blocks");
+  EXPECT_EQ(ParseJsonWithout(text, 1, "blocks"), top);
+  // A dropped key that comes last, then siblings and arrays at shallower depths.
+  const std::string last = R"({"a":{"x":1,"blocks":[1]},"b":[[{"c":1}],{"d":[2]}],"e":[{"f":{}}]})";
+  json want_last = json::parse(last);
+  want_last["a"].erase("blocks");
+  EXPECT_EQ(ParseJsonWithout(last, 2, "blocks"), want_last);
+  EXPECT_TRUE(ParseJsonWithout(R"({"a":{"blocks":[1,}})", 2, "blocks").is_discarded());
+  EXPECT_TRUE(ParseJsonWithout("not json", 1, "blocks").is_discarded());
+}
+
 TEST(ParseEnvelopeTest, SlashAndInteractiveEnvelopes) {
   Envelope s = ParseFixture("slash_command_envelope.json");
   EXPECT_EQ(s.kind, FrameKind::kSlashCommands);

@@ -214,6 +214,49 @@ TEST_F(StoreTest, CommitterSyncsOnlyWhenABatchAsksForIt) {
   EXPECT_EQ(Keys(*kv_, "s/").size(), 6u);
 }
 
+TEST_F(StoreTest, CommitterSyncIntervalGathersSyncedBatches) {
+  GatedStore gated(*kv_);
+  MetricsRegistry metrics;
+  CommitterOptions options;
+  options.min_sync_interval_us = 60'000'000;  // longer than the test: only shutdown ends the wait
+  options.metrics = &metrics;
+  Committer committer(gated, options);
+  auto put = [](const std::string& key) {
+    WriteBatch b;
+    b.Put(key, "v");
+    return b;
+  };
+  std::atomic<int> done{0};
+  auto count = [&](Status s) {
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    ++done;
+  };
+  auto wait_done = [&](int n) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (done.load() < n && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::yield();
+    }
+    return done.load();
+  };
+  committer.Submit(put("i/1"), count);  // the first sync does not wait
+  ASSERT_EQ(wait_done(1), 1);
+  committer.Submit(put("i/2"), count, /*sync=*/false);  // nor does an unsynced write
+  ASSERT_EQ(wait_done(2), 2);
+  committer.Submit(put("i/3"), count);  // within the interval: these wait, and share a write
+  committer.Submit(put("i/4"), count, /*sync=*/false);
+  committer.Submit(put("i/5"), count);
+  EXPECT_EQ(gated.WaitWrites(2).size(), 2u);
+  committer.Shutdown();  // does not wait out the interval
+  EXPECT_EQ(done.load(), 5);
+  EXPECT_EQ(gated.WaitWrites(3), (std::vector<bool>{true, false, true}));
+  EXPECT_EQ(Keys(*kv_, "i/").size(), 5u);
+  const std::string text = metrics.RenderPrometheus();
+  EXPECT_NE(text.find("parley_store_writes_total{sync=\"true\"} 2\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("parley_store_writes_total{sync=\"false\"} 1\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("parley_store_batches_total 5\n"), std::string::npos) << text;
+}
+
 TEST_F(StoreTest, DedupeClaimsOnceAndExpires) {
   ManualClock clock;
   EventDedupe dedupe(*kv_, clock, 60'000);
