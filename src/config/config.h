@@ -31,8 +31,8 @@ struct StoreConfig {
   std::string path = "var/parley";  // directory: LevelDB in <path>/db, index in <path>/index
   int retention_days = 30;          // conversation memory older than this is deleted; 0 = keep
   int dedupe_hours = 48;            // how long event ids are remembered for de-duplication
-  // Group commit: synced writes start at most this often (microseconds); what arrives meanwhile
-  // shares the next fdatasync. 0 = sync as soon as the previous write is done.
+  // Group commit under load: synced writes start at most this often (microseconds); what arrives
+  // meanwhile shares the next fdatasync. 0 = sync as soon as the previous write is done.
   int sync_interval_us = 2000;
 };
 

@@ -62,13 +62,13 @@ void Committer::Run() {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty() && stopping_) return;
-      if (queued_syncs_ > 0 && min_sync_interval_.count() > 0 &&
-          last_sync != std::chrono::steady_clock::time_point::min()) {
-        // Unsynced batches alone are written at once; a sync waits out the interval, and
-        // everything that arrives meanwhile shares it. Shutdown does not wait.
+      if (queued_syncs_ > 0 && last_syncs_ > 1 && min_sync_interval_.count() > 0) {
+        // Under load: a sync waits out the interval, and everything that arrives meanwhile
+        // shares it. Unsynced batches alone are written at once. Shutdown does not wait.
         cv_.wait_until(lock, last_sync + min_sync_interval_, [this] { return stopping_; });
       }
       work.swap(queue_);
+      if (queued_syncs_ > 0) last_syncs_ = queued_syncs_;
       queued_syncs_ = 0;
     }
     WriteBatch merged;
