@@ -87,9 +87,10 @@ struct Envelope {
 };
 
 // Parses text as json::parse(text, nullptr, /*allow_exceptions=*/false) would (discarded when it
-// is not valid JSON), leaving out every member named `key` of the objects at nesting `depth`
-// (1 = the members of the top-level object, 2 = of the objects those hold, ...): no tree is built
-// for parts nobody reads, such as the blocks repeated in every event and every reply's echo.
+// is not valid JSON), leaving out every member named `key` that `depth` objects and arrays enclose
+// (1 = a member of the top-level object; payload.event.blocks of a frame is at 3, and a member of
+// an object inside a top-level array at 2): no tree is built for parts nobody reads, such as the
+// blocks repeated in every event and every reply's echo.
 [[nodiscard]] nlohmann::json ParseJsonWithout(std::string_view text, int depth,
                                               std::string_view key);
 

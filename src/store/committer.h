@@ -27,8 +27,8 @@
 namespace parley::store {
 
 struct CommitterOptions {
-  int64_t min_sync_interval_us = 0;     // 0 = sync as soon as the previous write is done
-  MetricsRegistry* metrics = nullptr;   // writes and batches are counted when set
+  int64_t min_sync_interval_us = 0;    // 0 = sync as soon as the previous write is done
+  MetricsRegistry* metrics = nullptr;  // writes and batches are counted when set
 };
 
 class Committer {
