@@ -33,7 +33,7 @@ struct StoreConfig {
   int dedupe_hours = 48;            // how long event ids are remembered for de-duplication
   // Group commit under load: synced writes start at most this often (microseconds); what arrives
   // meanwhile shares the next fdatasync. 0 = sync as soon as the previous write is done.
-  int sync_interval_us = 2000;
+  int sync_interval_us = 0;
 };
 
 struct ServerConfig {

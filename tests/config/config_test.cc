@@ -75,7 +75,7 @@ TEST(ConfigTest, DefaultsFromMinimalFile) {
   EXPECT_EQ(c.store.path, Abs("var/parley"));  // the default is resolved like a file value
   EXPECT_EQ(c.store.retention_days, 30);
   EXPECT_EQ(c.store.dedupe_hours, 48);
-  EXPECT_EQ(c.store.sync_interval_us, 2000);
+  EXPECT_EQ(c.store.sync_interval_us, 0);
   EXPECT_EQ(c.server.listen, "127.0.0.1:8080");
   EXPECT_EQ(c.server.admin_listen, "");
   EXPECT_EQ(c.server.max_body_bytes, 64 * 1024);
