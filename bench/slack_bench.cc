@@ -117,6 +117,7 @@ struct Options {
   int connections = 2;
   int daemon_threads = 0;
   bool timeline = false;    // print each second's p50/p99/max of the main step to stderr
+  int sync_interval_us = 0;  // store.sync_interval_us of the daemon
   std::string metrics_out;  // when set, the daemon's GET /metrics after every step is appended
 };
 
@@ -139,6 +140,7 @@ void Usage() {
                "                           (default 0.25)\n"
                "  --connections N          slack.connections of the daemon (default 2)\n"
                "  --daemon-threads N       runtime.threads of the daemon (default 0 = per core)\n"
+               "  --sync-interval-us N     store.sync_interval_us of the daemon (default 0)\n"
                "  --metrics-out FILE       append the daemon's GET /metrics after every step\n"
                "  --timeline               print every second's latency percentiles to stderr\n");
 }
@@ -190,6 +192,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->daemon_threads = std::atoi(next().c_str());
     } else if (a == "--timeline") {
       o->timeline = true;
+    } else if (a == "--sync-interval-us") {
+      o->sync_interval_us = std::atoi(next().c_str());
     } else if (a == "--metrics-out") {
       o->metrics_out = next();
     } else if (a == "--help" || a == "-h") {
@@ -646,7 +650,8 @@ class Run {
     s += "# Written by slack_bench for one run; deleted afterwards.\n";
     s += "[runtime]\nthreads = " + std::to_string(o_.daemon_threads) + "\n\n";
     s += "[log]\nlevel = \"warn\"\nfile = \"" + dir_ + "/parley.log\"\n\n";
-    s += "[store]\npath = \"" + dir_ + "/store\"\n\n";
+    s += "[store]\npath = \"" + dir_ + "/store\"\nsync_interval_us = " +
+         std::to_string(o_.sync_interval_us) + "\n\n";
     s += "[server]\nlisten = \"127.0.0.1:0\"\nport_file = \"" + dir_ + "/port.json\"\n\n";
     s += "[[knowledge.sources]]\npath = \"" + o_.knowledge + "\"\n\n";
     s += "[policy]\nuser_rate_per_minute = 0\nconversation_rate_per_minute = 0\n\n";

@@ -43,16 +43,6 @@ void Committer::Shutdown() {
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
-uint64_t Committer::commits() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return commits_;
-}
-
-uint64_t Committer::batches() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return batches_;
-}
-
 void Committer::Run() {
   std::vector<Pending> work;
   // When the last synced write started; the next may not start before min_sync_interval_ after.
@@ -79,15 +69,8 @@ void Committer::Run() {
     }
     if (sync) last_sync = std::chrono::steady_clock::now();
     Status status = store_.Write(merged, sync);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++commits_;
-      batches_ += work.size();
-    }
-    if (batches_written_ != nullptr) {
-      (sync ? writes_synced_ : writes_unsynced_)->Add();
-      batches_written_->Add(work.size());
-    }
+    (sync ? writes_synced_ : writes_unsynced_)->Add();
+    batches_written_->Add(work.size());
     for (Pending& p : work) {
       if (p.done) p.done(status);
     }

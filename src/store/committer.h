@@ -28,7 +28,9 @@ namespace parley::store {
 
 struct CommitterOptions {
   int64_t min_sync_interval_us = 0;    // 0 = sync as soon as the previous write is done
-  MetricsRegistry* metrics = nullptr;  // writes and batches are counted when set
+  // Where writes and batches are counted (parley_store_writes_total{sync},
+  // parley_store_batches_total); null = counters of the committer's own.
+  MetricsRegistry* metrics = nullptr;
 };
 
 class Committer {
@@ -47,8 +49,9 @@ class Committer {
   // Drains pending batches and stops accepting new ones.
   void Shutdown();
 
-  uint64_t commits() const;  // writes done (synced or not)
-  uint64_t batches() const;  // batches submitted and written
+  // Writes done (synced or not) and batches written: the counters above.
+  uint64_t commits() const { return writes_synced_->value() + writes_unsynced_->value(); }
+  uint64_t batches() const { return batches_written_->value(); }
 
  private:
   struct Pending {
@@ -60,17 +63,16 @@ class Committer {
 
   KvStore& store_;
   const std::chrono::microseconds min_sync_interval_;
-  Counter* writes_synced_ = nullptr;
-  Counter* writes_unsynced_ = nullptr;
-  Counter* batches_written_ = nullptr;
-  mutable std::mutex mu_;
+  Counter own_[3];  // when no registry is given
+  Counter* writes_synced_ = &own_[0];
+  Counter* writes_unsynced_ = &own_[1];
+  Counter* batches_written_ = &own_[2];
+  std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Pending> queue_;
   size_t queued_syncs_ = 0;  // batches in queue_ that ask for a sync
   size_t last_syncs_ = 0;    // synced batches the previous synced write carried
   bool stopping_ = false;
-  uint64_t commits_ = 0;
-  uint64_t batches_ = 0;
   std::thread thread_;
 };
 
