@@ -547,7 +547,23 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
         self->timer_.cancel();
         return 0;
       }
-      // Even a 0 ms timeout goes through the timer: curl must not be re-entered from here.
+      if (timeout_ms == 0) {
+        // "As soon as possible" (every new transfer asks for it): a handler posted to the strand,
+        // not the timer, which would reprogram the reactor's timerfd (a system call) each time.
+        // curl must not be re-entered from here. A timer still set for later may fire too;
+        // curl takes a timeout with nothing due as a no-op.
+        if (self->timeout_posted_) return 0;
+        self->timeout_posted_ = true;
+        asio::post(self->strand_, [self = self->shared_from_this()] {
+          self->timeout_posted_ = false;
+          if (self->multi_ == nullptr || self->tearing_down_) return;
+          try {
+            self->SocketAction(CURL_SOCKET_TIMEOUT, 0);
+          } catch (...) {
+          }
+        });
+        return 0;
+      }
       self->timer_.expires_after(std::chrono::milliseconds(timeout_ms));
       self->timer_.async_wait([self = self->shared_from_this()](ErrorCode ec) {
         if (ec || self->multi_ == nullptr || self->tearing_down_) return;
@@ -729,6 +745,7 @@ class CurlCore : public std::enable_shared_from_this<CurlCore> {
   std::unordered_map<curl_socket_t, std::shared_ptr<Watch>> watches_;
   std::unordered_map<Transfer*, std::unique_ptr<Transfer>> transfers_;
   uint64_t next_id_ = 0;
+  bool timeout_posted_ = false;  // an "at once" timeout handler is on its way (OnTimer)
   bool shut_down_ = false;     // no more transfers are accepted
   bool tearing_down_ = false;  // no new waits or sockets; the multi handle is going away
 };

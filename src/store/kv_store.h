@@ -51,6 +51,12 @@ class KvStore {
                       std::string_view start = {}) = 0;
   // Visits keys starting with prefix in reverse key order (last first).
   virtual Status ScanReverse(std::string_view prefix, const ScanVisitor& visit) = 0;
+  // A figure the backend reports about itself (LevelDB: "leveldb.stats",
+  // "leveldb.num-files-at-level<N>", ...); nullopt when it has no such figure.
+  virtual std::optional<std::string> Property(std::string_view name) {
+    (void)name;
+    return std::nullopt;
+  }
 };
 
 // Opens (creating) a LevelDB database in directory. Fails with Unavailable when another process

@@ -8,7 +8,6 @@
 #include <leveldb/cache.h>
 #include <leveldb/env.h>
 #include <leveldb/db.h>
-#include <leveldb/filter_policy.h>
 #include <leveldb/write_batch.h>
 
 #include "store/kv_store.h"
@@ -78,15 +77,32 @@ class PreadEnv final : public leveldb::EnvWrapper {
 class LevelDbStore final : public KvStore {
  public:
   LevelDbStore(std::unique_ptr<leveldb::DB> db, std::unique_ptr<leveldb::Cache> cache,
-               std::unique_ptr<const leveldb::FilterPolicy> filter, std::unique_ptr<PreadEnv> env)
-      : env_(std::move(env)), cache_(std::move(cache)), filter_(std::move(filter)),
-        db_(std::move(db)) {}
+               std::unique_ptr<PreadEnv> env)
+      : env_(std::move(env)), cache_(std::move(cache)), db_(std::move(db)) {}
 
+  // Through an iterator rather than DB::Get. LevelDB charges a "seek" to a table each time a Get
+  // passes through it without finding the key there, and after ~100 charges compacts that table
+  // into the next level. Our keys are spread over the whole key range (an event id, a thread, a
+  // conversation), so each memtable flush makes a table that overlaps every table below it, and
+  // the daemon's Gets (each Slack event's id, absent; a thread answered minutes ago, deeper down)
+  // spent its charges within milliseconds: every flushed table was merged at once with the whole
+  // of the level below, rewriting it. At 2,000 Slack events/s the compaction thread was rewriting
+  // 10 MB a second after 30 s, and more as the store grew. An iterator's seek is not charged (its
+  // reads are only sampled, one per ~1 MB read), so tables reach the levels below at the pace of
+  // LevelDB's size-based compactions. The price: an iterator reads one block per level where a
+  // Get would consult Bloom filters; with no DB::Get left, the tables carry no filters either
+  // (less to build in each compaction, less memory per open table).
   Result<std::string> Get(std::string_view key) override {
-    std::string value;
-    leveldb::Status s = db_->Get(leveldb::ReadOptions(), ToSlice(key), &value);
-    if (!s.ok()) return FromLevelDb(s);
-    return value;
+    std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
+    it->Seek(ToSlice(key));
+    if (!it->Valid()) {
+      if (!it->status().ok()) return FromLevelDb(it->status());
+      return Status::NotFound("not found");
+    }
+    leveldb::Slice k = it->key();
+    if (std::string_view(k.data(), k.size()) != key) return Status::NotFound("not found");
+    leveldb::Slice v = it->value();
+    return std::string(v.data(), v.size());
   }
 
   Status Write(const WriteBatch& batch, bool sync) override {
@@ -155,11 +171,16 @@ class LevelDbStore final : public KvStore {
     return FromLevelDb(it->status());
   }
 
+  std::optional<std::string> Property(std::string_view name) override {
+    std::string value;
+    if (!db_->GetProperty(ToSlice(name), &value)) return std::nullopt;
+    return value;
+  }
+
  private:
   // Destroyed after db_ (declaration order is reverse destruction order).
   std::unique_ptr<PreadEnv> env_;  // destroyed after db_, which uses it
   std::unique_ptr<leveldb::Cache> cache_;
-  std::unique_ptr<const leveldb::FilterPolicy> filter_;
   std::unique_ptr<leveldb::DB> db_;
 };
 
@@ -174,7 +195,6 @@ Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& directory) {
   // this session's cuts in per-event CPU, 4 MiB memtables (twice the flushes and level-0
   // compactions) fell behind at 2,000 events/s, and no longer do (bench/README.md).
   auto cache = std::unique_ptr<leveldb::Cache>(leveldb::NewLRUCache(4 << 20));
-  auto filter = std::unique_ptr<const leveldb::FilterPolicy>(leveldb::NewBloomFilterPolicy(10));
   auto env = std::make_unique<PreadEnv>();
   leveldb::Options options;
   options.env = env.get();
@@ -183,7 +203,6 @@ Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& directory) {
   options.max_open_files = 256;
   options.create_if_missing = true;
   options.block_cache = cache.get();
-  options.filter_policy = filter.get();
   options.write_buffer_size = 4 << 20;
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, directory, &raw);
@@ -196,7 +215,7 @@ Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& directory) {
     return FromLevelDb(s);
   }
   return std::unique_ptr<KvStore>(std::make_unique<LevelDbStore>(
-      std::unique_ptr<leveldb::DB>(raw), std::move(cache), std::move(filter), std::move(env)));
+      std::unique_ptr<leveldb::DB>(raw), std::move(cache), std::move(env)));
 }
 
 bool IsLockedByOtherProcess(const Status& status) {

@@ -3,6 +3,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -112,6 +113,63 @@ TEST_F(StoreTest, TablesReadBackAfterFlushesAndReopen) {
     kv_.reset();
     kv_ = std::move(OpenLevelDb(dir_.Sub("db")).value());
   }
+}
+
+int FilesAtLevel(KvStore& kv, int level) {
+  auto files = kv.Property("leveldb.num-files-at-level" + std::to_string(level));
+  EXPECT_TRUE(files.has_value());
+  return files ? std::stoi(*files) : -1;
+}
+
+// Writes `n` keys spread over the whole key range, as the daemon's are (event ids, threads).
+void WriteSpreadKeys(KvStore& kv, std::mt19937_64& random, int n) {
+  const std::string value(1000, 'v');
+  for (int done = 0; done < n;) {
+    WriteBatch b;
+    for (int i = 0; i < 100 && done < n; ++i, ++done) {
+      char key[32];
+      std::snprintf(key, sizeof(key), "k/%016llx", static_cast<unsigned long long>(random()));
+      b.Put(key, value);
+    }
+    ASSERT_TRUE(kv.Write(b, false).ok());
+  }
+}
+
+// LevelDB compacts a table into the level below once ~100 DB::Get calls passed through it without
+// finding their key there. Every table a memtable flush makes overlaps every table below (the keys
+// are spread), so lookups of absent keys (each new event's id) used to merge each new table with
+// the whole level below within milliseconds. The store's Get must not do that.
+TEST_F(StoreTest, LookupsOfAbsentKeysDoNotCompactTheNewestTable) {
+  std::mt19937_64 random(7);
+  // ~6 MB: the first 4 MiB memtable is flushed, and with nothing below it goes to level 2.
+  WriteSpreadKeys(*kv_, random, 6'000);
+  // ~4 MB more: the next flush overlaps that table, so it stops at level 1.
+  WriteSpreadKeys(*kv_, random, 4'000);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (FilesAtLevel(*kv_, 1) == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::yield();
+  }
+  ASSERT_EQ(FilesAtLevel(*kv_, 1), 1) << kv_->Property("leveldb.stats").value_or("");
+  ASSERT_GE(FilesAtLevel(*kv_, 2), 1);
+  ASSERT_EQ(FilesAtLevel(*kv_, 0), 0);
+
+  for (int i = 0; i < 2'000; ++i) {
+    char key[32];
+    std::snprintf(key, sizeof(key), "k/%016llx", static_cast<unsigned long long>(random()));
+    ASSERT_TRUE(kv_->Get(key).status().IsNotFound()) << key;
+  }
+  // A compaction the lookups set off would start at once and take a few milliseconds; give it a
+  // second, checking all along.
+  const auto quiet_until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (std::chrono::steady_clock::now() < quiet_until) {
+    ASSERT_EQ(FilesAtLevel(*kv_, 1), 1) << kv_->Property("leveldb.stats").value_or("");
+    std::this_thread::yield();
+  }
+}
+
+TEST_F(StoreTest, PropertyIsEmptyForAnUnknownName) {
+  EXPECT_FALSE(kv_->Property("leveldb.no-such-property").has_value());
+  EXPECT_TRUE(kv_->Property("leveldb.stats").has_value());
 }
 
 TEST_F(StoreTest, CommitterGroupsConcurrentWrites) {
