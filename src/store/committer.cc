@@ -61,10 +61,11 @@ void Committer::Run() {
       if (queued_syncs_ > 0) last_syncs_ = queued_syncs_;
       queued_syncs_ = 0;
     }
+    // The batches are moved, not copied, into one: nobody reads them after this.
     WriteBatch merged;
     bool sync = false;
-    for (const Pending& p : work) {
-      merged.Append(p.batch);
+    for (Pending& p : work) {
+      merged.Append(std::move(p.batch));
       sync = sync || p.sync;
     }
     if (sync) last_sync = std::chrono::steady_clock::now();

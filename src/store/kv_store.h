@@ -4,6 +4,7 @@
 // Key layout: see store/keys.h.
 
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,6 +28,16 @@ class WriteBatch {
   }
   void Delete(std::string key) { ops_.push_back({true, std::move(key), {}}); }
   void Append(const WriteBatch& other) { ops_.insert(ops_.end(), other.ops_.begin(), other.ops_.end()); }
+  // Moves other's operations to the end of this batch; other is left empty.
+  void Append(WriteBatch&& other) {
+    if (ops_.empty()) {
+      ops_.swap(other.ops_);
+      return;
+    }
+    ops_.insert(ops_.end(), std::make_move_iterator(other.ops_.begin()),
+                std::make_move_iterator(other.ops_.end()));
+    other.ops_.clear();
+  }
   bool empty() const { return ops_.empty(); }
   size_t size() const { return ops_.size(); }
   const std::vector<Op>& ops() const { return ops_; }
