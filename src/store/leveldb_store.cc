@@ -87,11 +87,11 @@ class LevelDbStore final : public KvStore {
   // the daemon's Gets (each Slack event's id, absent; a thread answered minutes ago, deeper down)
   // spent its charges within milliseconds: every flushed table was merged at once with the whole
   // of the level below, rewriting it. At 2,000 Slack events/s the compaction thread was rewriting
-  // 10 MB a second after 30 s, and more as the store grew. An iterator's seek is not charged (its
-  // reads are only sampled, one per ~1 MB read), so tables reach the levels below at the pace of
-  // LevelDB's size-based compactions. The price: an iterator reads one block per level where a
-  // Get would consult Bloom filters; with no DB::Get left, the tables carry no filters either
-  // (less to build in each compaction, less memory per open table).
+  // 22 MB every 0.9 s by the end of 30 s, and more as the store grew. An iterator's seek is not
+  // charged (its reads are only sampled, one per ~1 MB read), so tables reach the levels below at
+  // the pace of LevelDB's size-based compactions. The price: an iterator reads one block per
+  // level where a Get would consult Bloom filters; with no DB::Get left, the tables carry no
+  // filters either (less to build in each compaction, less memory per open table).
   Result<std::string> Get(std::string_view key) override {
     std::unique_ptr<leveldb::Iterator> it(db_->NewIterator(leveldb::ReadOptions()));
     it->Seek(ToSlice(key));
@@ -189,12 +189,14 @@ class LevelDbStore final : public KvStore {
 Result<std::unique_ptr<KvStore>> OpenLevelDb(const std::string& directory) {
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(directory).parent_path(), ec);
-  // Sized for a small daemon (resident set under 50 MB at 2,000 Slack events/s): a 4 MiB block
+  // Sized for a small daemon (resident set under 50 MB at 2,000 Slack events/s): a 2 MiB block
   // cache, since reads that miss it are served from the page cache, and 4 MiB memtables (two can
   // be resident while one is flushed). With 8 MiB of each the daemon held ~10 MiB more; before
   // this session's cuts in per-event CPU, 4 MiB memtables (twice the flushes and level-0
-  // compactions) fell behind at 2,000 events/s, and no longer do (bench/README.md).
-  auto cache = std::unique_ptr<leveldb::Cache>(leveldb::NewLRUCache(4 << 20));
+  // compactions) fell behind at 2,000 events/s, and no longer do (bench/README.md). The keys
+  // are spread and hot records live in the daemon's own caches, so a 4 MiB block cache bought
+  // nothing over 2 MiB but 2 MiB of resident memory (A/B in bench/README.md, Slack).
+  auto cache = std::unique_ptr<leveldb::Cache>(leveldb::NewLRUCache(2 << 20));
   auto env = std::make_unique<PreadEnv>();
   leveldb::Options options;
   options.env = env.get();
