@@ -5,6 +5,7 @@
 
 #include "adapters/slack/mrkdwn.h"
 #include "core/json_write.h"
+#include "core/utf8.h"
 
 namespace parley::slack {
 namespace {
@@ -506,12 +507,7 @@ namespace {
 std::string CitationText(const Citation& c) {
   std::string title = c.title.empty() ? c.source : c.title;
   std::string label = c.section.empty() ? title : title + " — " + c.section;
-  if (label.size() > 2000) label.resize(2000);  // keeps the element well under 3000
-  // Drop a possibly cut UTF-8 sequence at the end.
-  while (!label.empty() && (static_cast<unsigned char>(label.back()) & 0x80) != 0 &&
-         (static_cast<unsigned char>(label.back()) & 0xC0) != 0xC0 && label.size() == 2000) {
-    label.pop_back();
-  }
+  label.resize(Utf8CutPoint(label, 2000));  // keeps the element well under 3000
   if (c.url.empty()) return EscapeMrkdwn(label);
   std::string url;
   for (char ch : c.url) {
@@ -560,13 +556,6 @@ constexpr size_t kMaxButtons = 25;      // Slack's limit per actions block
 constexpr size_t kMaxButtonLabel = 75;  // bytes of a button's plain_text
 constexpr size_t kMaxButtonValue = 2000;
 
-std::string CutUtf8(std::string s, size_t n) {
-  if (s.size() <= n) return s;
-  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
-  s.resize(n);
-  return s;
-}
-
 // The actions block of m.actions, or "" when none is usable.
 std::string MessageActions(const std::vector<MessageAction>& actions) {
   std::string out = R"({"type":"actions","block_id":"parley_actions","elements":[)";
@@ -575,8 +564,8 @@ std::string MessageActions(const std::vector<MessageAction>& actions) {
     if (buttons == kMaxButtons) break;
     if (a.id.empty() || a.label.empty()) continue;
     if (buttons++ > 0) out.push_back(',');
-    AppendButton(out, std::string(kMessageActionPrefix) + CutUtf8(a.id, 200),
-                 CutUtf8(a.label, kMaxButtonLabel), CutUtf8(a.value, kMaxButtonValue),
+    AppendButton(out, std::string(kMessageActionPrefix) + std::string(Utf8Prefix(a.id, 200)),
+                 Utf8Prefix(a.label, kMaxButtonLabel), Utf8Prefix(a.value, kMaxButtonValue),
                  a.style == "primary" || a.style == "danger" ? a.style : std::string());
   }
   if (buttons == 0) return "";

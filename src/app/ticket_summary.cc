@@ -5,6 +5,8 @@
 
 #include <boost/asio/post.hpp>
 
+#include "core/utf8.h"
+
 namespace parley::app {
 namespace {
 
@@ -13,9 +15,7 @@ constexpr size_t kEntryChars = 1000;  // each clipped to this many bytes
 
 std::string Clip(const std::string& s, size_t n) {
   if (s.size() <= n) return s;
-  size_t cut = n;
-  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // UTF-8 boundary
-  return s.substr(0, cut) + "…";
+  return std::string(Utf8Prefix(s, n)) + "…";
 }
 
 std::string Speaker(const escalation::TranscriptEntry& e) {

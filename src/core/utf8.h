@@ -1,5 +1,6 @@
 #pragma once
-// UTF-8 well-formedness, for code that must hand on only valid text (JSON writers, tool output).
+// UTF-8 well-formedness, for code that must hand on only valid text (JSON writers, tool output),
+// and cutting text to a byte limit without splitting a character.
 // Thread-safety: pure functions.
 
 #include <cstddef>
@@ -36,6 +37,21 @@ inline size_t Utf8SequenceLength(std::string_view s, size_t i) {
     if (b < 0x80 || b > 0xBF) return 0;
   }
   return len;
+}
+
+// Where to cut s to at most max bytes without splitting a UTF-8 sequence: s.size() when it fits,
+// else the largest n <= max with s[n] not a continuation byte (0 when s[1..max] all are). Only
+// continuation bytes are looked at; text that must be well-formed is sanitized separately.
+inline size_t Utf8CutPoint(std::string_view s, size_t max) {
+  if (s.size() <= max) return s.size();
+  size_t cut = max;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+  return cut;
+}
+
+// At most max bytes of s, cut at a character boundary (see Utf8CutPoint).
+inline std::string_view Utf8Prefix(std::string_view s, size_t max) {
+  return s.substr(0, Utf8CutPoint(s, max));
 }
 
 }  // namespace parley

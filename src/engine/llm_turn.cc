@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/utf8.h"
 #include "llm/prompt.h"
 #include "store/keys.h"
 #include "tools/policy.h"
@@ -38,9 +39,7 @@ std::string FirstChars(const std::string& text, size_t n) {
   std::string flat;
   for (char c : text) flat += (c == '\n' || c == '\r' || c == '\t') ? ' ' : c;
   if (flat.size() <= n) return flat;
-  size_t cut = n;
-  while (cut > 0 && (static_cast<unsigned char>(flat[cut]) & 0xC0) == 0x80) --cut;  // UTF-8
-  return flat.substr(0, cut) + "…";
+  return std::string(Utf8Prefix(flat, n)) + "…";
 }
 
 struct Summary {

@@ -2,11 +2,13 @@
 // chunks near the target size, cutting only between blocks (or between sentences of one overlong
 // paragraph). Code blocks and table rows are never cut.
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/utf8.h"
 #include "knowledge/document.h"
 #include "knowledge/knowledge.h"
 
@@ -50,7 +52,7 @@ void HardSplit(std::string_view s, size_t max, std::vector<std::string>& out) {
     if (space != std::string_view::npos && space > max / 2) {
       cut = space;
     } else {
-      while (cut > 1 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+      cut = std::max<size_t>(Utf8CutPoint(s, max), 1);  // at least one byte: always progress
     }
     std::string_view piece = Trim(s.substr(0, cut));
     if (!piece.empty()) out.emplace_back(piece);

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "core/utf8.h"
+
 namespace parley::llm {
 namespace {
 
@@ -88,9 +90,7 @@ std::string Shorten(std::string_view s, size_t max = kMaxErrorMessage) {
   }
   bool cut = false;
   if (s.size() > max) {
-    size_t n = max;
-    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
-    s = s.substr(0, n);
+    s = Utf8Prefix(s, max);
     cut = true;
   }
   std::string out(s);

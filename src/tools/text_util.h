@@ -11,10 +11,7 @@ namespace parley::tools::internal {
 
 // At most `max` bytes of s, cut at a UTF-8 character boundary (never inside a sequence).
 inline std::string TruncateUtf8(const std::string& s, size_t max) {
-  if (s.size() <= max) return s;
-  size_t cut = max;
-  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
-  return s.substr(0, cut);
+  return std::string(Utf8Prefix(s, max));
 }
 
 // s with every byte that is not part of a well-formed UTF-8 sequence (RFC 3629: no overlongs,
