@@ -27,7 +27,6 @@ class WriteBatch {
     ops_.push_back({false, std::move(key), std::move(value)});
   }
   void Delete(std::string key) { ops_.push_back({true, std::move(key), {}}); }
-  void Append(const WriteBatch& other) { ops_.insert(ops_.end(), other.ops_.begin(), other.ops_.end()); }
   // Moves other's operations to the end of this batch; other is left empty.
   void Append(WriteBatch&& other) {
     if (ops_.empty()) {
