@@ -374,6 +374,13 @@ class SlackServer::Impl {
       notify_batch_.swap(to_notify_);
     }
     for (size_t i : notify_batch_) options_.on_message(messages_[i]);
+    if (!options_.keep_history) {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i : notify_batch_) {
+        messages_[i].args = Json();
+        messages_[i].blocks = Json();
+      }
+    }
     notify_batch_.clear();
   }
 
@@ -499,7 +506,8 @@ class SlackServer::Impl {
       auto key = std::make_tuple(r.channel, r.timestamp, r.name);
       if (r.added && !reacted_.insert(key).second) return SlackError("already_reacted");
       if (!r.added && reacted_.erase(key) == 0) return SlackError("no_reaction");
-      reactions_.push_back(r);
+      ++counters_.reactions;
+      if (options_.keep_history) reactions_.push_back(r);
       return JsonResponse(Json{{"ok", true}});
     }
 
@@ -845,8 +853,9 @@ class SlackServer::Impl {
 
   void OnMessage(Hdl h, const WsServer::message_ptr& msg) {
     std::lock_guard<std::mutex> lock(mu_);
-    frames_.push_back(std::move(msg->get_raw_payload()));  // the message is not read after this
-    const std::string& text = frames_.back();
+    std::string& payload = msg->get_raw_payload();  // the message is not read after this
+    if (options_.keep_history) frames_.push_back(std::move(payload));
+    const std::string& text = options_.keep_history ? frames_.back() : payload;
     int conn_id = 0;
     if (auto it = ids_.find(h); it != ids_.end()) conn_id = it->second;
     Json j = Json::parse(text, nullptr, false);
@@ -865,7 +874,7 @@ class SlackServer::Impl {
       ack.known = true;
       pending_.erase(p);  // its entry in ack_deadlines_ is skipped when it comes due
     }
-    acks_.push_back(ack);
+    if (options_.keep_history) acks_.push_back(std::move(ack));
     ++counters_.acks;
     Changed();
   }
@@ -980,8 +989,10 @@ class SlackServer::Impl {
       queue_.pop_front();
       websocketpp::lib::error_code ec;
       ws_.send(conns_[conn_id].hdl, Frame(e), websocketpp::frame::opcode::text, ec);
-      deliveries_.push_back(
-          SlackDelivery{e.envelope_id, e.type, e.event_id, e.retry_attempt, conn_id});
+      if (options_.keep_history) {
+        deliveries_.push_back(
+            SlackDelivery{e.envelope_id, e.type, e.event_id, e.retry_attempt, conn_id});
+      }
       ++counters_.envelopes_delivered;
       if (e.retry_attempt > 0) ++counters_.redeliveries;
       Changed();

@@ -77,6 +77,13 @@ struct SlackServerOptions {
   // may call the inspection methods). It must be quick: it delays the next request. For
   // benchmarks, which must not copy Messages() over and over at tens of thousands of messages.
   std::function<void(const SlackPostedMessage&)> on_message;
+  // False (benchmarks): the server keeps only what later Web API calls need. A message's `args`
+  // and `blocks` are dropped once on_message has seen it (Messages() and Conversation() show them
+  // null; conversations.history / replies, chat.update and chat.delete work as before), and
+  // Reactions(), Deliveries(), Acks() and FramesReceived() stay empty (Counters() still counts).
+  // Tens of thousands of kept requests would otherwise grow the benchmark's heap by megabytes a
+  // second, and every fresh page is a page fault on the machine the daemon is measured on.
+  bool keep_history = true;
 };
 
 struct SlackReaction {
@@ -119,6 +126,7 @@ struct SlackCounters {
   uint64_t pongs_received = 0;
   uint64_t users_info_calls = 0;
   uint64_t conversations_open_calls = 0;
+  uint64_t reactions = 0;  // ok reactions.add and reactions.remove calls
 };
 
 class SlackServer {

@@ -190,6 +190,26 @@ ApiAnswer Call(const SlackServer& server, const std::string& method, const std::
   return a;
 }
 
+// A form-encoded call (conversations.* take no JSON bodies).
+ApiAnswer CallForm(const SlackServer& server, const std::string& method, const std::string& token,
+                   const std::string& form) {
+  net::ClientRequest req;
+  req.method = "POST";
+  req.url = server.ApiBaseUrl() + method;
+  req.headers.emplace_back("Authorization", "Bearer " + token);
+  req.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
+  req.body = form;
+  auto r = net::BlockingRequest(req);
+  ApiAnswer a;
+  if (!r.ok()) {
+    ADD_FAILURE() << r.status().ToString();
+    return a;
+  }
+  a.status = r->status;
+  a.body = Json::parse(r->body, nullptr, false);
+  return a;
+}
+
 std::string OpenUrl(const SlackServer& server) {
   ApiAnswer a = Call(server, "apps.connections.open", server.options().app_token);
   EXPECT_EQ(a.status, 200);
@@ -392,6 +412,76 @@ TEST(FakeSlackTest, PostMessageRecordedWithThreadTs) {
   ASSERT_EQ(reactions.size(), 2u);
   EXPECT_TRUE(reactions[0].added);
   EXPECT_FALSE(reactions[1].added);
+}
+
+TEST(FakeSlackTest, WithoutHistoryTheObserverSeesAllAndLaterCallsStillWork) {
+  SlackServerOptions o;
+  o.keep_history = false;
+  std::mutex mu;
+  std::vector<SlackPostedMessage> seen;
+  o.on_message = [&](const SlackPostedMessage& m) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(m);
+  };
+  SlackServer server(o);
+  const std::string bot = server.options().bot_token;
+  const Json meta{{"event_type", "parley_reply"}, {"event_payload", {{"message_id", "m1"}}}};
+  ApiAnswer a = Call(server, "chat.postMessage", bot,
+                     {{"channel", "C0GENERAL"},
+                      {"text", "answer"},
+                      {"thread_ts", "1700000001.000100"},
+                      {"blocks", Json::array({{{"type", "section"}}})},
+                      {"metadata", meta}});
+  ASSERT_EQ(a.body["ok"], true) << a.body.dump();
+  const std::string ts = a.body["ts"];
+  EXPECT_EQ(a.body["message"]["blocks"], Json::array({{{"type", "section"}}}));
+
+  // The observer gets the whole message; the server then forgets its arguments and blocks.
+  ASSERT_TRUE(server.WaitFor(
+      [&] {
+        auto m = server.Messages();
+        return m.size() == 1 && m[0].args.is_null() && m[0].blocks.is_null();
+      },
+      3000));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].blocks, Json::array({{{"type", "section"}}}));
+    EXPECT_EQ(seen[0].args.value("text", ""), "answer");
+  }
+
+  // What later calls need is kept: the thread with its metadata, edits and reactions.
+  a = CallForm(server, "conversations.replies", bot,
+               "channel=C0GENERAL&ts=1700000001.000100&include_all_metadata=true");
+  ASSERT_EQ(a.body["ok"], true) << a.body.dump();
+  ASSERT_EQ(a.body["messages"].size(), 1u);
+  EXPECT_EQ(a.body["messages"][0]["ts"], ts);
+  EXPECT_EQ(a.body["messages"][0]["metadata"], meta);
+  a = Call(server, "chat.update", bot, {{"channel", "C0GENERAL"}, {"ts", ts}, {"text", "v2"}});
+  EXPECT_EQ(a.body["ok"], true) << a.body.dump();
+  a = Call(server, "reactions.add", bot,
+           {{"channel", "C0GENERAL"}, {"timestamp", ts}, {"name", "eyes"}});
+  EXPECT_EQ(a.body["ok"], true);
+  a = Call(server, "reactions.add", bot,
+           {{"channel", "C0GENERAL"}, {"timestamp", ts}, {"name", "eyes"}});
+  EXPECT_EQ(a.body["error"], "already_reacted");
+  EXPECT_TRUE(server.Reactions().empty());
+  EXPECT_EQ(server.Counters().reactions, 1u);
+
+  // Envelopes, acks and frames are counted, not kept.
+  TestSocket s(/*auto_ack=*/true);
+  s.Connect(OpenUrl(server));
+  ASSERT_TRUE(s.WaitFrames(1));
+  server.SendEvent({{"type", "app_mention"},
+                    {"user", "U1"},
+                    {"text", "<@U0BOT> hi"},
+                    {"channel", "C0GENERAL"},
+                    {"ts", "1700000002.000100"}});
+  ASSERT_TRUE(server.WaitFor([&] { return server.Counters().acks == 1; }, 3000));
+  EXPECT_EQ(server.Counters().envelopes_delivered, 1u);
+  EXPECT_TRUE(server.Deliveries().empty());
+  EXPECT_TRUE(server.Acks().empty());
+  EXPECT_TRUE(server.FramesReceived().empty());
 }
 
 TEST(FakeSlackTest, UpdatesAndDeletesChangeTheConversation) {
