@@ -1,7 +1,5 @@
 // `parley serve`: the daemon.
 
-#include <malloc.h>
-
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -21,6 +19,7 @@
 #include "adapters/matrix/matrix_adapter.h"
 #include "adapters/slack/slack_adapter.h"
 #include "adapters/webhook/webhook_adapter.h"
+#include "app/allocator.h"
 #include "app/commands.h"
 #include "app/logging.h"
 #include "app/runtime.h"
@@ -125,24 +124,14 @@ net::HttpResponse EscalationsResponse(Runtime& rt, const net::HttpRequest& req) 
   return Json(200, json{{"escalations", json(*tickets)}});
 }
 
-// Every 10 s: after a burst (thousands of turns waiting on a slow model at once) glibc keeps the
-// freed pages, so the daemon's RSS stays at its peak. Give them back to the system once a large
-// share of the heap is free. malloc_trim briefly locks each arena, so it runs only then, and on
-// the work pool.
+// Every 10 s: after a burst (thousands of turns waiting on a slow model at once) the allocator
+// keeps freed pages, so the daemon's RSS would stay at its peak; ReleaseFreeMemory gives them
+// back, on the work pool.
 void ScheduleTrim(Runtime& rt, std::shared_ptr<boost::asio::steady_timer> timer) {
   timer->expires_after(std::chrono::seconds(10));
   timer->async_wait([&rt, timer](boost::system::error_code ec) {
     if (ec) return;
-    boost::asio::post(rt.work, [] {
-      constexpr size_t kMinFree = 32u << 20;
-      const struct mallinfo2 info = mallinfo2();
-      const size_t free_bytes = info.fordblks;
-      if (free_bytes < kMinFree || free_bytes < info.uordblks) return;
-      const int64_t t0 = MonotonicNanos();
-      malloc_trim(0);
-      spdlog::debug("memory.trimmed free_mib={} in_use_mib={} ms={:.1f}", free_bytes >> 20,
-                    info.uordblks >> 20, static_cast<double>(MonotonicNanos() - t0) / 1e6);
-    });
+    boost::asio::post(rt.work, [] { ReleaseFreeMemory(); });
     ScheduleTrim(rt, timer);
   });
 }
@@ -493,8 +482,8 @@ int Serve(const config::Config& config) {
   });
 
   const std::string base = "http://" + host_port->first + ":" + std::to_string(*port);
-  spdlog::info("listening url={} local_api={} store={}", base, SocketPath(config),
-               config.store.path);
+  spdlog::info("listening url={} local_api={} store={} allocator={}", base, SocketPath(config),
+               config.store.path, AllocatorName());
   std::string chat = SelfPath() + " chat";
   if (config.file != "config/parley.toml") chat += " --config " + config.file;
   std::string banner = "\nparley is listening on " + base + "\n  talk to it:   " + chat + "\n";
