@@ -929,6 +929,7 @@ class Parser {
           {"retention_days", IntField(&c.store.retention_days, 0, 36500)},
           {"dedupe_hours", IntField(&c.store.dedupe_hours, 1, 87600)},
           {"sync_interval_us", IntField(&c.store.sync_interval_us, 0, 100'000)},
+          {"memory_cache_mb", IntField(&c.store.memory_cache_mb, 0, 4096)},
       };
     }
     if (name == "server") {

@@ -53,8 +53,14 @@ bool ParseTurn(std::string_view value, Turn& turn) {
 
 }  // namespace
 
-ConversationMemory::ConversationMemory(KvStore& kv, const Clock& clock, int retention_days)
-    : kv_(kv), clock_(clock), retention_ms_(int64_t{retention_days} * 86'400'000) {}
+ConversationMemory::ConversationMemory(KvStore& kv, const Clock& clock, int retention_days,
+                                       MemoryCacheOptions cache)
+    : kv_(kv),
+      clock_(clock),
+      retention_ms_(int64_t{retention_days} * 86'400'000),
+      hits_(cache.hits),
+      misses_(cache.misses),
+      cache_(cache.max_bytes) {}
 
 int64_t ConversationMemory::CutoffMs() const {
   return retention_ms_ > 0 ? clock_.NowMs() - retention_ms_ : 0;
@@ -132,9 +138,11 @@ Result<std::vector<Turn>> ConversationMemory::Recent(const ConversationKey& conv
     std::lock_guard<std::mutex> lock(mu_);
     const CachedTurns* cached = cache_.Find(encoded);
     if (cached != nullptr && (cached->complete || cached->turns.size() >= max_turns)) {
+      if (hits_ != nullptr) hits_->Add();
       return Select(cached->turns, max_turns, max_chars);
     }
   }
+  if (misses_ != nullptr) misses_->Add();
   // Read the newest turns (at least as many as the cache keeps), newest first.
   const size_t wanted = std::max(max_turns, kCachedTurns);
   std::vector<Turn> newest_first;

@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/lru.h"
 #include "core/message.h"
+#include "core/metrics.h"
 #include "store/kv_store.h"
 
 namespace parley::store {
@@ -26,10 +27,22 @@ struct Turn {
   std::vector<Citation> citations;
 };
 
+// The cache of recent turns in front of the store.
+struct MemoryCacheOptions {
+  // The default budget holds the conversations of a busy webhook client (512 conversations of 8
+  // turns with citations, ~4 MiB by ApproxBytes) and, on Slack at 2,000 events/s, the threads of
+  // the last second or two; each MiB of it is about a MiB of the daemon's RSS under load.
+  static constexpr size_t kDefaultBytes = 4 * 1024 * 1024;
+  size_t max_bytes = kDefaultBytes;  // 0 = no cache: every Recent reads the store
+  Counter* hits = nullptr;           // Recent answered from the cache
+  Counter* misses = nullptr;         // Recent read the store
+};
+
 class ConversationMemory {
  public:
   // retention_days <= 0 keeps memory forever.
-  ConversationMemory(KvStore& kv, const Clock& clock, int retention_days);
+  ConversationMemory(KvStore& kv, const Clock& clock, int retention_days,
+                     MemoryCacheOptions cache = {});
 
   // Adds the turn to batch (commit it with the rest of the turn's writes).
   void Append(WriteBatch& batch, const ConversationKey& conv, const Turn& turn) const;
@@ -57,17 +70,14 @@ class ConversationMemory {
  private:
   // The newest turns of recently active conversations, so a turn does not read the store. Filled
   // by Recent (and NoteNew), extended by Append; `complete` when it holds every stored turn.
-  // Least recently used conversations leave first once the cache holds kCachedBytes.
+  // Least recently used conversations leave first once the cache holds its budget.
   struct CachedTurns {
     std::vector<Turn> turns;
     bool complete = false;
   };
   // Enough turns for the default engine.memory_turns (6) and an LLM turn's window (+2); a larger
-  // memory_turns reads the store. The budget holds every conversation of a busy webhook client
-  // (512 conversations of 8 turns with citations is ~4.5 MiB): an LRU smaller than the working
-  // set misses on every access when conversations take turns.
+  // memory_turns reads the store.
   static constexpr size_t kCachedTurns = 8;
-  static constexpr size_t kCachedBytes = 6 * 1024 * 1024;
   // What an entry holds on the heap, roughly: the turns' strings and the vector's slots.
   static size_t ApproxBytes(const Turn& turn);
   static size_t ApproxBytes(const CachedTurns& cached);
@@ -80,7 +90,9 @@ class ConversationMemory {
   const Clock& clock_;
   int64_t retention_ms_;
   mutable std::mutex mu_;
-  mutable LruMap<CachedTurns> cache_{kCachedBytes};
+  Counter* hits_;
+  Counter* misses_;
+  mutable LruMap<CachedTurns> cache_;
 };
 
 }  // namespace parley::store

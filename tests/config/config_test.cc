@@ -76,6 +76,7 @@ TEST(ConfigTest, DefaultsFromMinimalFile) {
   EXPECT_EQ(c.store.retention_days, 30);
   EXPECT_EQ(c.store.dedupe_hours, 48);
   EXPECT_EQ(c.store.sync_interval_us, 0);
+  EXPECT_EQ(c.store.memory_cache_mb, 4);
   EXPECT_EQ(c.server.listen, "127.0.0.1:8080");
   EXPECT_EQ(c.server.admin_listen, "");
   EXPECT_EQ(c.server.max_body_bytes, 64 * 1024);
@@ -120,6 +121,7 @@ path = "/srv/parley"
 retention_days = 7
 dedupe_hours = 12
 sync_interval_us = 500
+memory_cache_mb = 16
 [server]
 listen = "127.0.0.1:9000"
 admin_listen = "[::1]:9001"
@@ -188,6 +190,7 @@ TEST(ConfigTest, EverySectionParsed) {
   EXPECT_EQ(c.store.retention_days, 7);
   EXPECT_EQ(c.store.dedupe_hours, 12);
   EXPECT_EQ(c.store.sync_interval_us, 500);
+  EXPECT_EQ(c.store.memory_cache_mb, 16);
   EXPECT_EQ(c.server.listen, "127.0.0.1:9000");
   EXPECT_EQ(c.server.admin_listen, "[::1]:9001");
   EXPECT_EQ(c.server.max_body_bytes, 1048576);
@@ -438,6 +441,8 @@ TEST(ConfigTest, RangeChecks) {
       {"[store]\ndedupe_hours = 0", "store.dedupe_hours: must be between 1 and 87600, got 0"},
       {"[store]\nsync_interval_us = -1",
        "store.sync_interval_us: must be between 0 and 100000, got -1"},
+      {"[store]\nmemory_cache_mb = 5000",
+       "store.memory_cache_mb: must be between 0 and 4096, got 5000"},
       {"[server]\nmax_body_bytes = 0",
        "server.max_body_bytes: must be between 1 and 1073741824, got 0"},
       {"[server]\nrequest_timeout_ms = 0",

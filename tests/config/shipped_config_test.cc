@@ -97,6 +97,7 @@ const std::set<std::string> kAllKeys = {
     "store.retention_days",
     "store.dedupe_hours",
     "store.sync_interval_us",
+    "store.memory_cache_mb",
     "server.listen",
     "server.admin_listen",
     "server.max_body_bytes",
@@ -305,6 +306,7 @@ TEST(ShippedConfigTest, DocumentedDefaultsAreTheRealDefaults) {
   EXPECT_EQ(c.store.retention_days, d.store.retention_days);
   EXPECT_EQ(c.store.dedupe_hours, d.store.dedupe_hours);
   EXPECT_EQ(c.store.sync_interval_us, d.store.sync_interval_us);
+  EXPECT_EQ(c.store.memory_cache_mb, d.store.memory_cache_mb);
   EXPECT_EQ(c.server.listen, d.server.listen);
   EXPECT_EQ(c.server.max_body_bytes, d.server.max_body_bytes);
   EXPECT_EQ(c.server.request_timeout_ms, d.server.request_timeout_ms);

@@ -183,6 +183,31 @@ TEST_F(MemoryTest, EvictionKeepsAnswersRight) {
   }
 }
 
+// The counters tell a read the cache answered from one that went to the store; with no cache
+// every read goes to the store, and the answers are the same.
+TEST_F(MemoryTest, CacheHitsAndMissesAreCountedAndZeroBudgetMeansNoCache) {
+  Counter hits, misses;
+  ConversationMemory counted(*kv_, clock_, 1, MemoryCacheOptions{1 << 20, &hits, &misses});
+  ConversationMemory uncached(*kv_, clock_, 1, MemoryCacheOptions{0, &hits, &misses});
+  ConversationKey c{"webhook", "counted", ""};
+  Say(c, "u", "q1", "a1");
+  EXPECT_EQ(counted.Recent(c, 10, 100000).value().size(), 2u);  // first read: the store
+  EXPECT_EQ(hits.value(), 0u);
+  EXPECT_EQ(misses.value(), 1u);
+  WriteBatch b;
+  counted.Append(b, c, Turn{"user", "u", "q2", "t2", clock_.NowMs(), {}});
+  ASSERT_TRUE(kv_->Write(b, true).ok());
+  EXPECT_EQ(counted.Recent(c, 10, 100000).value().size(), 3u);  // cached, appended to
+  EXPECT_EQ(hits.value(), 1u);
+  EXPECT_EQ(misses.value(), 1u);
+  for (int i = 0; i < 3; ++i) {
+    uncached.NoteNew(c);  // not even a new conversation is remembered without a budget
+    EXPECT_EQ(uncached.Recent(c, 10, 100000).value().size(), 3u);
+  }
+  EXPECT_EQ(hits.value(), 1u);
+  EXPECT_EQ(misses.value(), 4u);
+}
+
 TEST_F(MemoryTest, UncommittedAppendIsDiscarded) {
   ConversationKey c{"webhook", "failed", ""};
   Say(c, "u", "q", "a");
