@@ -119,6 +119,7 @@ struct Options {
   bool timeline = false;    // print each second's p50/p99/max of the main step to stderr
   int sync_interval_us = 0;  // store.sync_interval_us of the daemon
   int cache_mb = -1;         // knowledge.cache_mb of the daemon; -1 = its default
+  int memory_cache_mb = -1;  // store.memory_cache_mb of the daemon; -1 = its default
   std::string metrics_out;  // when set, the daemon's GET /metrics after every step is appended
 };
 
@@ -143,6 +144,7 @@ void Usage() {
                "  --daemon-threads N       runtime.threads of the daemon (default 0 = per core)\n"
                "  --sync-interval-us N     store.sync_interval_us of the daemon (default 0)\n"
                "  --cache-mb N             knowledge.cache_mb of the daemon (default: its own)\n"
+               "  --memory-cache-mb N      store.memory_cache_mb of the daemon (default: its own)\n"
                "  --metrics-out FILE       append the daemon's GET /metrics after every step\n"
                "  --timeline               print every second's latency percentiles to stderr\n");
 }
@@ -198,6 +200,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->sync_interval_us = std::atoi(next().c_str());
     } else if (a == "--cache-mb") {
       o->cache_mb = std::atoi(next().c_str());
+    } else if (a == "--memory-cache-mb") {
+      o->memory_cache_mb = std::atoi(next().c_str());
     } else if (a == "--metrics-out") {
       o->metrics_out = next();
     } else if (a == "--help" || a == "-h") {
@@ -656,8 +660,11 @@ class Run {
     s += "[runtime]\nthreads = " + std::to_string(o_.daemon_threads) + "\n\n";
     s += "[log]\nlevel = \"warn\"\nfile = \"" + dir_ + "/parley.log\"\n\n";
     s += "[store]\npath = \"" + dir_ + "/store\"\nsync_interval_us = " +
-         std::to_string(o_.sync_interval_us) + "\n\n";
-    s += "[server]\nlisten = \"127.0.0.1:0\"\nport_file = \"" + dir_ + "/port.json\"\n\n";
+         std::to_string(o_.sync_interval_us) + "\n";
+    if (o_.memory_cache_mb >= 0) {
+      s += "memory_cache_mb = " + std::to_string(o_.memory_cache_mb) + "\n";
+    }
+    s += "\n[server]\nlisten = \"127.0.0.1:0\"\nport_file = \"" + dir_ + "/port.json\"\n\n";
     s += "[knowledge]\n";
     if (o_.cache_mb >= 0) s += "cache_mb = " + std::to_string(o_.cache_mb) + "\n";
     s += "[[knowledge.sources]]\npath = \"" + o_.knowledge + "\"\n\n";

@@ -156,14 +156,12 @@ Result<std::unique_ptr<Runtime>> Runtime::Open(const config::Config& config) {
   const Clock& clock = SystemClock::Instance();
   store::MemoryCacheOptions memory_cache;
   memory_cache.max_bytes = static_cast<size_t>(config.store.memory_cache_mb) << 20;
-  memory_cache.hits = &rt->metrics.GetCounter(
-      "parley_memory_cache_total",
-      "Conversation memory reads answered from the cache of recent turns, or from the store",
-      "result=\"hit\"");
-  memory_cache.misses = &rt->metrics.GetCounter(
-      "parley_memory_cache_total",
-      "Conversation memory reads answered from the cache of recent turns, or from the store",
-      "result=\"miss\"");
+  const char* memory_cache_help =
+      "Conversation memory reads answered from the cache of recent turns, or from the store";
+  memory_cache.hits =
+      &rt->metrics.GetCounter("parley_memory_cache_total", memory_cache_help, "result=\"hit\"");
+  memory_cache.misses =
+      &rt->metrics.GetCounter("parley_memory_cache_total", memory_cache_help, "result=\"miss\"");
   rt->memory = std::make_unique<store::ConversationMemory>(
       *rt->kv, clock, config.store.retention_days, memory_cache);
   rt->control = std::make_unique<MemoryControl>(*rt->memory, rt->work);

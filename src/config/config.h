@@ -34,7 +34,8 @@ struct StoreConfig {
   // Group commit under load: synced writes start at most this often (microseconds); what arrives
   // meanwhile shares the next fdatasync. 0 = sync as soon as the previous write is done.
   int sync_interval_us = 0;
-  // The cache of recent conversation turns in front of the store (MiB); 0 = none.
+  // The cache of recent conversation turns in front of the store (MiB); 0 = none. The same
+  // default as store::MemoryCacheOptions::kDefaultBytes, whose comment says why this size.
   int memory_cache_mb = 4;
 };
 
